@@ -1,0 +1,68 @@
+"""``gs-dfd``: depth from defocus with defocus-aware 3D Gaussian splatting.
+
+Subcommands are tyro dataclass configs; their documented fields are the
+``--help`` text. Errors a user can act on print as one line and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Callable, Union
+
+import tyro
+
+from gs_dfd.console import console
+from gs_dfd.errors import GsDfdError
+from gs_dfd.optics.thin_lens import LensError
+
+
+def _commands() -> tuple[object, dict[type, Callable[[object], int]]]:
+    from gs_dfd.commands import check, synth
+
+    union = Union[
+        Annotated[synth.SynthCommand, tyro.conf.subcommand("synth", prefix_name=False)],
+        Annotated[check.CheckConfig, tyro.conf.subcommand("check", prefix_name=False)],
+    ]
+    runners = {
+        synth.SynthCommand: lambda c: synth.run(c.kind),
+        check.CheckConfig: check.run,
+    }
+    return union, runners
+
+
+def _configure_threads() -> None:
+    """Torch on a small machine: one pool, sized deliberately (``GS_DFD_THREADS`` overrides)."""
+    import torch
+
+    n = int(os.environ.get("GS_DFD_THREADS", os.environ.get("OMP_NUM_THREADS", "0")) or 0)
+    torch.set_num_threads(n if n > 0 else max(1, min(os.cpu_count() or 1, 8)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    union, runners = _commands()
+    cfg = tyro.cli(union, args=argv, prog="gs-dfd", description=__doc__.split("\n\n")[0],
+                   config=(tyro.conf.OmitArgPrefixes,))
+    debug = bool(getattr(getattr(cfg, "kind", cfg), "debug", False))
+    try:
+        _configure_threads()
+        return runners[type(cfg)](cfg)
+    except (GsDfdError, LensError) as exc:
+        if debug:
+            raise
+        console.error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        console.error("interrupted")
+        return 130
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

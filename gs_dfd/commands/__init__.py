@@ -1,0 +1,1 @@
+"""CLI subcommands: each module holds a tyro config dataclass and its ``run``."""

@@ -1,0 +1,100 @@
+"""``gs-dfd check``: validate a scene and summarise its optics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from gs_dfd.console import console
+from gs_dfd.data.scene import Scene, load_scene
+from gs_dfd.errors import InputError
+from gs_dfd.viz.colormap import coc_to_rgb, depth_to_rgb
+from gs_dfd.viz.panels import save_panel
+
+DEFAULT_DEPTH_RANGE_M = (0.5, 10.0)
+
+
+@dataclass
+class CheckConfig:
+    """Validate a focal-stack scene (gs_dfd.scene/1) and print a summary: frames, focus distances,
+    f-numbers and the CoC range in pixels over the scene's depth range. Exits non-zero with a one-line
+    message naming the file and field when anything is wrong."""
+
+    scene: Path
+    """Scene folder (holds scene.json)."""
+    depth_range_m: Optional[tuple[float, float]] = None
+    """Depth range (near far, metres) for the CoC summary; default: the range of depth_gt, else 0.5 10."""
+    preview: Optional[Path] = None
+    """Also write a PNG contact sheet of the frames (plus depth and CoC maps when depth_gt exists)."""
+    debug: bool = False
+    """Show full tracebacks instead of one-line errors."""
+
+
+def _depth_range(scene: Scene, cfg: CheckConfig, depth: np.ndarray | None) -> tuple[tuple[float, float], str]:
+    if cfg.depth_range_m is not None:
+        near, far = cfg.depth_range_m
+        if not 0 < near <= far:
+            raise InputError(None, f"need 0 < near <= far (got {near}, {far})", "--depth-range-m")
+        return (near, far), "--depth-range-m"
+    if depth is not None and np.any(depth > 0):
+        valid = depth[depth > 0]
+        return (float(valid.min()), float(valid.max())), "depth_gt"
+    return DEFAULT_DEPTH_RANGE_M, "default"
+
+
+def summarize(scene: Scene, cfg: CheckConfig) -> str:
+    cam = scene.camera
+    depth = scene.load_depth_gt()
+    (near, far), range_src = _depth_range(scene, cfg, depth)
+    lines = [
+        f"scene        {scene.root}  (gs_dfd.scene/1)",
+        f"camera       {cam.width}x{cam.height} px, fx={cam.fx:.1f} fy={cam.fy:.1f} cx={cam.cx:.1f} cy={cam.cy:.1f}, "
+        f"f={cam.focal_length_m * 1e3:.2f} mm, N={cam.f_number:g}, pixel pitch {cam.pixel_pitch_m * 1e6:.2f} um",
+    ]
+    if depth is not None:
+        valid = depth > 0
+        rng = f", {depth[valid].min():.3f}-{depth[valid].max():.3f} m" if valid.any() else ""
+        lines.append(f"depth_gt     {scene.depth_gt}: {int(valid.sum())} valid px ({100 * valid.mean():.1f}%){rng}")
+    else:
+        lines.append("depth_gt     none")
+    lines.append(f"all_in_focus {scene.all_in_focus or 'none'}" + (" (evaluation only)" if scene.all_in_focus else ""))
+    lines.append(f"frames       {len(scene.frames)}; CoC diameter over {near:.3f}-{far:.3f} m ({range_src}):")
+    lines.append(f"  {'#':>3}  {'image':<24} {'focus (m)':>9} {'f-number':>8} {'CoC min-max (px)':>17}  pose")
+    for i, frame in enumerate(scene.frames):
+        lo, hi = scene.lens(i).coc_px_range(near, far)
+        pose = "identity" if frame.world_to_cam is None else "world_to_cam"
+        lines.append(f"  {i:>3}  {frame.image:<24} {frame.focus_distance_m:>9.3f} {scene.f_number(i):>8g} "
+                     f"{lo:>8.2f}-{hi:<8.2f}  {pose}")
+    return "\n".join(lines)
+
+
+def write_preview(scene: Scene, path: Path) -> Path:
+    frames = scene.load_frames()
+    tiles = list(frames)
+    titles = [f"#{i} focus {f.focus_distance_m:g} m, f/{scene.f_number(i):g}" for i, f in enumerate(scene.frames)]
+    depth = scene.load_depth_gt()
+    if depth is not None and np.any(depth > 0):
+        tiles.append(depth_to_rgb(depth))
+        titles.append("depth_gt (near = red)")
+        filled = np.where(depth > 0, depth, np.median(depth[depth > 0]))
+        cocs = [np.asarray(scene.lens(i).coc_px(filled)) for i in range(len(scene.frames))]
+        top = max(float(np.percentile(c, 99)) for c in cocs)
+        for i, c in enumerate(cocs):
+            tiles.append(coc_to_rgb(np.where(depth > 0, c, np.nan), top))
+            titles.append(f"#{i} CoC 0-{top:.1f} px")
+    return save_panel(path, tiles, titles, columns=min(len(scene.frames), 5) if len(scene.frames) > 1 else 2,
+                      suptitle=f"{scene.root.name}: {len(scene.frames)} frames")
+
+
+def run(cfg: CheckConfig) -> int:
+    scene = load_scene(cfg.scene)
+    for w in scene.warnings:
+        console.warn(w)
+    console.print(summarize(scene, cfg))
+    if cfg.preview is not None:
+        console.print(f"preview      {write_preview(scene, cfg.preview)}")
+    console.print("OK: scene is valid")
+    return 0

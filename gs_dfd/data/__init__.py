@@ -1,0 +1,1 @@
+"""Scene format, image I/O and scene synthesis entry points."""

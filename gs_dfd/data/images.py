@@ -1,0 +1,146 @@
+"""Image I/O: 8/16-bit, gray/RGB in; float32 in [0, 1] out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from gs_dfd.errors import InputError
+from gs_dfd.utils.atomic import write_file_atomic
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _to_float(raw: np.ndarray, path: Path, field: str | None) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) / 65535.0
+    if raw.dtype == np.bool_:
+        return raw.astype(np.float32)
+    if np.issubdtype(raw.dtype, np.floating):
+        img = raw.astype(np.float32)
+        if not np.all(np.isfinite(img)) or img.min() < 0 or img.max() > 1:
+            raise InputError(path, "floating-point image must hold finite values in [0, 1]", field)
+        return img
+    raise InputError(path, f"unsupported pixel type {raw.dtype} (use 8- or 16-bit PNG/JPEG)", field)
+
+
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG file, or None for other files."""
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _read_png16_color(path: Path) -> np.ndarray:
+    """16-bit colour PNGs through pypng: Pillow silently reduces them to 8 bits."""
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+    return arr.reshape(height, width, info["planes"])
+
+
+def _imread(path: Path) -> np.ndarray:
+    header = _png_header(path)
+    if header is not None and header[0] == 16 and header[1] in (2, 6):
+        return _read_png16_color(path)
+    return np.asarray(iio.imread(path))
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    if arr.dtype == np.uint16 and arr.ndim == 3:
+        import png
+
+        h, w, c = arr.shape
+        writer = png.Writer(w, h, bitdepth=16, greyscale=c < 3, alpha=c in (2, 4))
+        with open(path, "wb") as fh:
+            writer.write(fh, arr.reshape(h, w * c))
+    else:
+        iio.imwrite(path, arr, extension=".png")
+
+
+def read_image(path: str | Path, field: str | None = None) -> np.ndarray:
+    """Read an image as float32 ``[H, W, C]`` in [0, 1] with C = 1 (gray) or 3 (RGB).
+
+    An alpha channel is dropped (focal-stack frames are opaque photos).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image file not found", field)
+    try:
+        raw = _imread(path)
+    except Exception as exc:  # imageio raises many types for corrupt files
+        raise InputError(path, f"cannot read image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})", field) from None
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if raw.ndim != 3 or raw.shape[2] not in (1, 2, 3, 4):
+        raise InputError(path, f"unsupported image shape {tuple(raw.shape)} (need H x W gray or RGB)", field)
+    if raw.shape[2] == 2:  # gray + alpha
+        raw = raw[:, :, :1]
+    elif raw.shape[2] == 4:  # RGBA
+        raw = raw[:, :, :3]
+    return _to_float(raw, path, field)
+
+
+def image_size(path: str | Path, field: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image, read from its data."""
+    img = read_image(path, field)
+    return img.shape[1], img.shape[0]
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """Gray -> RGB by replication (``[H, W, 1] -> [H, W, 3]``); RGB stays."""
+    assert img.ndim == 3
+    if img.shape[2] == channels:
+        return img
+    if img.shape[2] == 1 and channels == 3:
+        return np.repeat(img, 3, axis=2)
+    if img.shape[2] == 3 and channels == 1:
+        return img.mean(axis=2, keepdims=True)
+    raise ValueError(f"cannot convert {img.shape[2]} channels to {channels}")
+
+
+def quantize(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """float [0, 1] -> uint8 / uint16 with rounding; ``[H, W, C]`` with C = 1 is squeezed."""
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16 (got {bit_depth})")
+    top = 255 if bit_depth == 8 else 65535
+    out = np.round(np.clip(img, 0.0, 1.0) * top).astype(np.uint8 if bit_depth == 8 else np.uint16)
+    if out.ndim == 3 and out.shape[2] == 1:
+        out = out[:, :, 0]
+    return out
+
+
+def write_png(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> Path:
+    """Write a float image in [0, 1] (or an integer array as is) as PNG, atomically."""
+    arr = img if np.issubdtype(img.dtype, np.integer) else quantize(img, bit_depth)
+    return write_file_atomic(path, lambda p: _write_png(p, arr))
+
+
+def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Anti-aliased bilinear resize of ``[H, W, C]`` float images."""
+    import torch
+    import torch.nn.functional as F
+
+    assert img.ndim == 3, img.shape
+    if img.shape[:2] == (height, width):
+        return img
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    y = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def resize_nearest(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of ``[H, W]`` maps (depth: no mixing across edges or holes)."""
+    assert values.ndim == 2, values.shape
+    if values.shape == (height, width):
+        return values
+    rows = np.minimum(((np.arange(height) + 0.5) * values.shape[0] / height).astype(int), values.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * values.shape[1] / width).astype(int), values.shape[1] - 1)
+    return values[rows[:, None], cols[None, :]]

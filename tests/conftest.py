@@ -1,0 +1,58 @@
+"""Shared test fixtures: tiny scenes written through the public writer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gs_dfd.data.scene import Camera, Frame, write_scene
+from gs_dfd.optics import get_preset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests run single-threaded: two processes each using two threads thrash a 2-core machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def tiny_camera(width: int = 32, height: int = 24) -> Camera:
+    p = get_preset("nyu")
+    return Camera(width=width, height=height, **p.intrinsics(width, height), focal_length_m=p.focal_length_m,
+                  f_number=p.f_number, pixel_pitch_m=p.pixel_pitch_at(width))
+
+
+def write_tiny_scene(root: Path, n_frames: int = 3, channels: int = 3, depth_format: str = "npy",
+                     bit_depth: int = 8, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    cam = tiny_camera()
+    frames = [Frame(image=f"frames/{i:03d}.png", focus_distance_m=1.0 + 0.5 * i) for i in range(n_frames)]
+    images = rng.random((n_frames, cam.height, cam.width, channels)).astype(np.float32)
+    depth = rng.uniform(0.8, 3.0, (cam.height, cam.width)).astype(np.float32)
+    depth[0, 0] = 0.0  # one invalid pixel
+    write_scene(root, cam, frames, images, depth_gt_m=depth, all_in_focus=images[0], depth_format=depth_format,
+                bit_depth=bit_depth)
+    return root
+
+
+def edit_scene_json(root: Path, edit) -> None:
+    path = root / "scene.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def tiny_scene(tmp_path: Path) -> Path:
+    return write_tiny_scene(tmp_path / "scene")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when that folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared real data sets)")
+    return path
