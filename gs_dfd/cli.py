@@ -42,7 +42,7 @@ def _configure_threads() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     union, runners = _commands()
-    cfg = tyro.cli(union, args=argv, prog="gs-dfd", description=__doc__.split("\n\n")[0],
+    cfg = tyro.cli(union, args=argv, prog="gs-dfd", description="Depth from defocus with defocus-aware 3D Gaussian splatting.",
                    config=(tyro.conf.OmitArgPrefixes,))
     debug = bool(getattr(getattr(cfg, "kind", cfg), "debug", False))
     try:

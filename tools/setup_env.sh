@@ -24,13 +24,22 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating $VENV"
     "$PY" -m venv "$VENV"
 fi
-PIP="$VENV/bin/python -m pip"
+# The machine's pip config lists extra local indexes that print a warning per
+# missing package; keep the log readable.
+pip_q() {
+    local log rc=0
+    log=$(mktemp)
+    "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1 || rc=$?
+    grep -v "is ignored: it is neither" "$log" || true
+    rm -f "$log"
+    return $rc
+}
 if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
     echo "[setup] installing torch==$TORCH_VERSION"
-    $PIP install -q "torch==$TORCH_VERSION"
+    pip_q "torch==$TORCH_VERSION"
 fi
 echo "[setup] installing gs_dfd and its dependencies"
-$PIP install -q -c constraints.txt -e ".[dev]"
+pip_q -c constraints.txt -e ".[dev]"
 # Refuse to go on with a CUDA torch pulled in by some dependency.
 "$VENV/bin/python" - <<'PYEOF'
 import sys, torch

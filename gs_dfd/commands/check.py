@@ -72,21 +72,22 @@ def summarize(scene: Scene, cfg: CheckConfig) -> str:
 
 
 def write_preview(scene: Scene, path: Path) -> Path:
+    """Frames in the top row; below each, its CoC map from depth_gt; all-in-focus and depth on the left."""
     frames = scene.load_frames()
-    tiles = list(frames)
-    titles = [f"#{i} focus {f.focus_distance_m:g} m, f/{scene.f_number(i):g}" for i, f in enumerate(scene.frames)]
+    n = len(scene.frames)
+    tiles: list[np.ndarray | None] = [scene.load_all_in_focus()] + list(frames)
+    titles = ["all in focus" if tiles[0] is not None else ""]
+    titles += [f"#{i} focus {f.focus_distance_m:g} m, f/{scene.f_number(i):g}" for i, f in enumerate(scene.frames)]
     depth = scene.load_depth_gt()
     if depth is not None and np.any(depth > 0):
-        tiles.append(depth_to_rgb(depth))
-        titles.append("depth_gt (near = red)")
-        filled = np.where(depth > 0, depth, np.median(depth[depth > 0]))
-        cocs = [np.asarray(scene.lens(i).coc_px(filled)) for i in range(len(scene.frames))]
-        top = max(float(np.percentile(c, 99)) for c in cocs)
-        for i, c in enumerate(cocs):
-            tiles.append(coc_to_rgb(np.where(depth > 0, c, np.nan), top))
-            titles.append(f"#{i} CoC 0-{top:.1f} px")
-    return save_panel(path, tiles, titles, columns=min(len(scene.frames), 5) if len(scene.frames) > 1 else 2,
-                      suptitle=f"{scene.root.name}: {len(scene.frames)} frames")
+        valid = depth > 0
+        filled = np.where(valid, depth, np.median(depth[valid]))
+        cocs = [np.where(valid, scene.lens(i).coc_px(filled), np.nan) for i in range(n)]
+        top = max(float(np.nanpercentile(c, 99)) for c in cocs)
+        lo, hi = float(depth[valid].min()), float(depth[valid].max())
+        tiles += [depth_to_rgb(depth)] + [coc_to_rgb(c, top) for c in cocs]
+        titles += [f"depth_gt {lo:.2f}-{hi:.2f} m (near = red)"] + [f"#{i} CoC 0-{top:.1f} px" for i in range(n)]
+    return save_panel(path, tiles, titles, columns=n + 1, suptitle=f"{scene.root.name}: {n} frames")
 
 
 def run(cfg: CheckConfig) -> int:

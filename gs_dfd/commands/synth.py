@@ -7,6 +7,7 @@ model proves nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -15,12 +16,12 @@ import numpy as np
 import tyro
 
 from gs_dfd.console import console
-from gs_dfd.data.images import read_image, resize_image, resize_nearest, to_channels
+from gs_dfd.data.images import crop_border, read_image, resize_image, resize_nearest, to_channels
 from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import get_preset
 from gs_dfd.synth.procedural import PROCEDURAL_KINDS, make_procedural_scene
 from gs_dfd.synth.stack import StackSpec, read_depth_input, synthesize_scene
-from gs_dfd.utils.atomic import atomic_output_dir
+from gs_dfd.utils.atomic import atomic_output_dir, write_json_atomic
 
 CameraName = Literal["nyu", "defocusnet", "d3net"]
 
@@ -85,6 +86,8 @@ class SynthRgbdConfig(_StackOptions):
     """For disparity: map the valid disparities affinely in inverse depth onto this depth range (near far)."""
     baseline_focal_m_px: Optional[float] = None
     """For disparity: depth = baseline x focal / disparity (metres x pixels), instead of a range."""
+    crop_px: Optional[tuple[int, int, int, int]] = None
+    """Crop before resizing: left top right bottom, in input pixels (e.g. NYU's white border: 8 6 8 6)."""
     width: Optional[int] = None
     """Resize to this width (height follows the aspect ratio unless --height is given)."""
     height: Optional[int] = None
@@ -115,6 +118,16 @@ SynthConfig = Union[
 ]
 
 
+def _save_config(folder: Path, cfg: _StackOptions, **extra) -> None:
+    """The resolved command next to the outputs, so a scene says how it was made."""
+    import gs_dfd
+
+    fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    write_json_atomic(folder / "synth_config.json",
+                      {"command": f"synth {'rgbd' if isinstance(cfg, SynthRgbdConfig) else 'procedural'}",
+                       "gs_dfd_version": gs_dfd.__version__, **fields, **extra})
+
+
 def _target_size(w0: int, h0: int, width: int | None, height: int | None) -> tuple[int, int]:
     for name, v in (("--width", width), ("--height", height)):
         if v is not None and v <= 0:
@@ -136,11 +149,14 @@ def run_rgbd(cfg: SynthRgbdConfig) -> int:
     if depth.shape != aif.shape[:2]:
         raise InputError(cfg.depth, f"depth is {depth.shape[1]}x{depth.shape[0]} but --rgb is "
                                     f"{aif.shape[1]}x{aif.shape[0]}", "--depth")
+    if cfg.crop_px is not None:
+        aif, depth = crop_border(aif, cfg.crop_px), crop_border(depth, cfg.crop_px)
     width, height = _target_size(aif.shape[1], aif.shape[0], cfg.width, cfg.height)
     aif = to_channels(resize_image(aif, width, height), aif.shape[2])
     depth = resize_nearest(depth, width, height)
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         scene = synthesize_scene(tmp, aif, depth, spec, progress=cfg.progress)
+        _save_config(tmp, cfg)
     _report(cfg.out, scene, depth)
     return 0
 
@@ -161,6 +177,7 @@ def run_procedural(cfg: SynthProceduralConfig) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             scene = synthesize_scene(folder, aif, depth, StackSpec(**{**spec.__dict__, "seed": seed}),
                                      progress=cfg.progress and cfg.count == 1)
+            _save_config(folder, cfg, seed_used=seed)
     _report(cfg.out, scene, depth, cfg.count)
     return 0
 

@@ -50,7 +50,7 @@ def _imread(path: Path) -> np.ndarray:
     header = _png_header(path)
     if header is not None and header[0] == 16 and header[1] in (2, 6):
         return _read_png16_color(path)
-    return np.asarray(iio.imread(path))
+    return np.asarray(iio.imread(path, plugin="pillow"))
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
@@ -62,7 +62,7 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
         with open(path, "wb") as fh:
             writer.write(fh, arr.reshape(h, w * c))
     else:
-        iio.imwrite(path, arr, extension=".png")
+        iio.imwrite(path, arr, extension=".png", plugin="pillow")
 
 
 def read_image(path: str | Path, field: str | None = None) -> np.ndarray:
@@ -144,3 +144,12 @@ def resize_nearest(values: np.ndarray, width: int, height: int) -> np.ndarray:
     rows = np.minimum(((np.arange(height) + 0.5) * values.shape[0] / height).astype(int), values.shape[0] - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * values.shape[1] / width).astype(int), values.shape[1] - 1)
     return values[rows[:, None], cols[None, :]]
+
+
+def crop_border(values: np.ndarray, crop_px: tuple[int, int, int, int]) -> np.ndarray:
+    """Cut (left, top, right, bottom) pixels off an ``[H, W, ...]`` array."""
+    left, top, right, bottom = crop_px
+    h, w = values.shape[:2]
+    if min(crop_px) < 0 or left + right >= w or top + bottom >= h:
+        raise InputError(None, f"crop {tuple(crop_px)} does not fit a {w}x{h} image", "--crop-px")
+    return values[top:h - bottom, left:w - right]

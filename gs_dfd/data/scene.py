@@ -254,7 +254,7 @@ def _load_depth_gt(root: Path, rel: str, scale: float | None, camera: Camera) ->
         import imageio.v3 as iio
 
         try:
-            raw = np.asarray(iio.imread(path))
+            raw = np.asarray(iio.imread(path, plugin="pillow"))
         except Exception as exc:
             raise InputError(path, f"cannot read PNG ({type(exc).__name__})", "depth_gt") from None
         if raw.ndim != 2 or raw.dtype not in (np.uint16, np.uint8):

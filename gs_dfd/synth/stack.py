@@ -83,7 +83,7 @@ def read_depth_input(path: Path, scale: float, kind: str = "depth",
     if not path.is_file():
         raise InputError(path, "depth file not found", field)
     try:
-        raw = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else np.asarray(iio.imread(path))
+        raw = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else np.asarray(iio.imread(path, plugin="pillow"))
     except Exception as exc:
         raise InputError(path, f"cannot read depth ({type(exc).__name__})", field) from None
     if raw.ndim == 3 and raw.shape[2] in (1, 3, 4) and np.all(raw[..., :1] == raw[..., : min(raw.shape[2], 3)]):
