@@ -1,0 +1,1 @@
+"""Exports for inspection: Gaussian PLY (INRIA 3DGS layout)."""
