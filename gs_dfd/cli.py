@@ -19,15 +19,17 @@ from gs_dfd.optics.thin_lens import LensError
 
 
 def _commands() -> tuple[object, dict[type, Callable[[object], int]]]:
-    from gs_dfd.commands import check, synth
+    from gs_dfd.commands import check, fit, synth
 
     union = Union[
         Annotated[synth.SynthCommand, tyro.conf.subcommand("synth", prefix_name=False)],
         Annotated[check.CheckConfig, tyro.conf.subcommand("check", prefix_name=False)],
+        Annotated[fit.FitConfig, tyro.conf.subcommand("fit", prefix_name=False)],
     ]
     runners = {
         synth.SynthCommand: lambda c: synth.run(c.kind),
         check.CheckConfig: check.run,
+        fit.FitConfig: fit.run,
     }
     return union, runners
 

@@ -1,0 +1,277 @@
+"""``gs-dfd fit``: per-scene depth from a focal or aperture stack.
+
+``--method gs`` fits defocus-aware 3D Gaussians (``gs_dfd.fit.gaussian_fit``);
+``--method dff`` is the classical depth-from-focus floor, so every user can
+see what the Gaussian fit adds. Outputs (the contract of DESIGN.md):
+``depth.npy`` (float32 metres), ``depth.png``, ``aif.png``, ``confidence.npy``,
+``coc/NNN.npy`` (+ PNG), ``renders/NNN.png``, ``gaussians.ply``,
+``metrics.json``, ``config.json`` and ``checkpoint.pt``; every file is
+written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from gs_dfd.console import console
+from gs_dfd.data.images import write_png
+from gs_dfd.data.scene import Scene, load_scene
+from gs_dfd.errors import GsDfdError, InputError
+from gs_dfd.eval.metrics import depth_metrics, image_metrics
+from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
+from gs_dfd.fit.dff import depth_from_focus
+from gs_dfd.fit.gaussian_fit import (
+    GaussianFitSettings, build_state, depth_sensitivity, fit_gaussians, load_checkpoint, render_frames,
+    save_checkpoint,
+)
+from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
+from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
+from gs_dfd.viz.panels import save_panel
+
+
+@dataclass(kw_only=True)
+class FitConfig:
+    """Fit a scene's focal stack (gs_dfd.scene/1): depth, all-in-focus image, CoC maps and a 3D model.
+    Ground truth in the scene is only read after fitting, for metrics.json."""
+
+    scene: Path
+    """Scene folder (holds scene.json)."""
+    out: Path
+    """Output folder."""
+    method: Literal["gs", "dff"] = "gs"
+    """gs: defocus-aware 3D Gaussians; dff: classical depth from focus (modified-Laplacian argmax)."""
+    iterations: int = 300
+    """Optimisation steps (gs)."""
+    stride: int = 2
+    """One Gaussian per stride x stride pixel block (gs); 1 = one per pixel (slower, sharper)."""
+    smooth_weight: float = 0.02
+    """Weight of the edge-aware inverse-depth smoothness prior (fills textureless regions)."""
+    ssim_weight: float = 0.2
+    """Weight of 1 - SSIM against L1 in the photometric loss."""
+    lr_inv_depth: float = 0.01
+    """Adam learning rate of the Gaussians' inverse depth (1/m per step)."""
+    calibrate_lens: bool = False
+    """Refine the aperture scale and, with two or more focus distances, each frame's focus distance."""
+    init_depth_m: Optional[float] = None
+    """Starting depth when the stack has a single focus distance (aperture stacks); default 1.25 x focus."""
+    dff_window_px: int = 9
+    """Window of the focus measure (dff, and the gs initialisation)."""
+    backend: Literal["auto", "cpu", "torch", "gsplat"] = "auto"
+    """Renderer: auto = gsplat on CUDA, else the C++ cpu backend."""
+    eval_depth_range_m: tuple[float, float] = (0.5, 4.0)
+    """Depth range (near far, metres) of the depth metrics when the scene has depth_gt."""
+    seed: int = 0
+    """Random seed; the same seed gives the same result on CPU."""
+    checkpoint_every: int = 50
+    """Save checkpoint.pt every this many steps (and on Ctrl-C)."""
+    resume: bool = False
+    """Continue from OUT/checkpoint.pt (same scene and settings) up to --iterations."""
+    overwrite: bool = False
+    """Allow writing into an existing output folder (without --resume)."""
+    progress: bool = True
+    """Show a progress bar."""
+    debug: bool = False
+    """Show full tracebacks instead of one-line errors."""
+
+    def settings(self) -> GaussianFitSettings:
+        return GaussianFitSettings(iterations=self.iterations, stride=self.stride, smooth_weight=self.smooth_weight,
+                                   ssim_weight=self.ssim_weight, lr_inv_depth=self.lr_inv_depth,
+                                   calibrate_lens=self.calibrate_lens, init_depth_m=self.init_depth_m,
+                                   dff_window_px=self.dff_window_px, backend=self.backend, seed=self.seed)
+
+
+def _validate(cfg: FitConfig) -> None:
+    for name, value, low in (("--iterations", cfg.iterations, 1), ("--stride", cfg.stride, 1),
+                             ("--checkpoint-every", cfg.checkpoint_every, 1), ("--dff-window-px", cfg.dff_window_px, 3)):
+        if value < low:
+            raise InputError(None, f"must be >= {low} (got {value})", name)
+    for name, value in (("--smooth-weight", cfg.smooth_weight), ("--ssim-weight", cfg.ssim_weight)):
+        if not value >= 0:
+            raise InputError(None, f"must be >= 0 (got {value})", name)
+    near, far = cfg.eval_depth_range_m
+    if not 0 < near < far:
+        raise InputError(None, f"need 0 < near < far (got {near}, {far})", "--eval-depth-range-m")
+    if cfg.init_depth_m is not None and not cfg.init_depth_m > 0:
+        raise InputError(None, f"must be > 0 (got {cfg.init_depth_m})", "--init-depth-m")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise GsDfdError(f"{cfg.out}: exists and is not a folder")
+    if cfg.resume and not (cfg.out / "checkpoint.pt").is_file():
+        raise InputError(cfg.out / "checkpoint.pt", "no checkpoint to resume from", "--resume")
+    if cfg.out.exists() and any(cfg.out.iterdir()) and not (cfg.resume or cfg.overwrite):
+        raise GsDfdError(f"{cfg.out}: output folder is not empty (pass --resume to continue or --overwrite)")
+
+
+def _fill_holes(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    if valid.all() or not valid.any():
+        return depth
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return depth[tuple(idx)]
+
+
+def _save_config(cfg: FitConfig, extra: dict) -> None:
+    fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    write_json_atomic(cfg.out / "config.json", {"command": "fit", **fields, **extra})
+
+
+def _depth_metrics(scene: Scene, depth: np.ndarray, cfg: FitConfig) -> dict | None:
+    gt = scene.load_depth_gt()  # evaluation only, after fitting
+    if gt is None:
+        return None
+    near, far = cfg.eval_depth_range_m
+    return {"range_m": [near, far], **depth_metrics(depth, gt, near, far)}
+
+
+def _write_common(cfg: FitConfig, scene: Scene, depth: np.ndarray, aif: np.ndarray, confidence: np.ndarray,
+                  coc_maps: np.ndarray) -> None:
+    out = cfg.out
+    save_npy_atomic(out / "depth.npy", depth.astype(np.float32))
+    write_png(out / "depth.png", depth_to_rgb(depth))
+    write_png(out / "aif.png", aif)
+    save_npy_atomic(out / "confidence.npy", confidence.astype(np.float32))
+    write_png(out / "confidence.png", colorize(confidence, 0.0, 1.0, cmap="viridis"))
+    top = float(np.percentile(coc_maps, 99)) if coc_maps.size else 1.0
+    for i in range(len(scene.frames)):
+        save_npy_atomic(out / "coc" / f"{i:03d}.npy", coc_maps[i].astype(np.float32))
+        write_png(out / "coc" / f"{i:03d}.png", coc_to_rgb(coc_maps[i], top))
+
+
+def _thin_lens_coc_maps(scene: Scene, depth: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(scene.lens(i).coc_px(depth), np.float32) for i in range(len(scene.frames))])
+
+
+def _summary_panel(cfg: FitConfig, scene: Scene, frames: np.ndarray, depth: np.ndarray, aif: np.ndarray,
+                   confidence: np.ndarray) -> None:
+    """What a person wants to see first: input, all-in-focus, depth (and ground truth), confidence."""
+    gt = scene.load_depth_gt()
+    valid = depth[np.isfinite(depth)]
+    lo, hi = np.percentile(valid, [2, 98]) if valid.size else (1.0, 2.0)
+    if gt is not None and np.any(gt > 0):
+        lo, hi = np.percentile(gt[gt > 0], [2, 98])
+    tiles = [frames[0], aif, depth_to_rgb(depth, lo, hi), colorize(confidence, 0, 1, cmap="viridis")]
+    titles = ["frame 0", "all in focus (fit)", f"depth ({cfg.method}) {lo:.2f}-{hi:.2f} m", "confidence"]
+    if gt is not None:
+        tiles.insert(3, depth_to_rgb(gt, lo, hi))
+        titles.insert(3, "depth_gt")
+    save_panel(cfg.out / "summary.png", tiles, titles, columns=len(tiles), suptitle=f"{scene.root.name}: gs-dfd fit")
+
+
+def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
+    focus = np.array([f.focus_distance_m for f in scene.frames])
+    if len(np.unique(focus)) < 2:
+        raise InputError(scene.json_path, "--method dff needs frames with at least two distinct focus distances",
+                         "frames")
+    res = depth_from_focus(frames, focus, cfg.dff_window_px)
+    sharpest = np.argmax(res.focus_measure, axis=0)
+    aif = np.take_along_axis(frames, sharpest[None, :, :, None], 0)[0]
+    _write_common(cfg, scene, res.depth_m, aif, res.confidence, _thin_lens_coc_maps(scene, res.depth_m))
+    return {"depth": res.depth_m, "aif": aif, "confidence": res.confidence}
+
+
+def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
+    settings = cfg.settings()
+    state = build_state(scene, frames, settings)
+    ckpt = cfg.out / "checkpoint.pt"
+    if cfg.resume:
+        try:
+            load_checkpoint(ckpt, state)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise InputError(ckpt, f"does not match this scene and settings ({str(exc).splitlines()[0][:120]})",
+                             "--resume") from None
+        console.print(f"resuming from step {state.step} of {settings.iterations}")
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.iterations, initial=state.step, desc="fit", dynamic_ncols=True, leave=False)
+
+    def on_step(st, rec):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}")
+        if st.step % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt, st, settings)
+
+    try:
+        fit_gaussians(state, scene, frames, settings, on_step=on_step)
+    except KeyboardInterrupt:
+        save_checkpoint(ckpt, state, settings)
+        if bar is not None:
+            bar.close()
+        raise GsDfdError(f"interrupted at step {state.step}: checkpoint saved to {ckpt}; "
+                         f"continue with --resume") from None
+    if bar is not None:
+        bar.close()
+    save_checkpoint(ckpt, state, settings)
+
+    with torch.no_grad():
+        sharp = render_frames(state, scene, settings.backend, coc_scale=0.0)
+        blurred = render_frames(state, scene, settings.backend, return_coc=True)
+    alpha = sharp["alpha"][0, ..., 0].numpy()
+    depth = _fill_holes(sharp["depth"][0, ..., 0].numpy(), alpha > 0.5).astype(np.float32)
+    aif = sharp["rgb"][0].clamp(0, 1).numpy()
+    sensitivity = depth_sensitivity(state, scene, settings.backend)
+    # Half confidence at a change of 0.02 image units per 1/m of inverse depth, summed over channels.
+    confidence = (sensitivity / (sensitivity + 0.02)).astype(np.float32) * np.clip(alpha, 0, 1)
+    renders = blurred["rgb"].clamp(0, 1).numpy()
+    for i in range(len(scene.frames)):
+        write_png(cfg.out / "renders" / f"{i:03d}.png", renders[i])
+    _write_common(cfg, scene, depth, aif, confidence, blurred["coc"][..., 0].numpy())
+    g = state.model.world()
+    cloud = GaussianCloud(means=g.means.detach().numpy(), quats=g.quats.detach().numpy(),
+                          scales=g.scales.detach().numpy(), opacities=g.opacities.detach().numpy(),
+                          colors=g.colors.detach().numpy()[:, :3] if g.colors.shape[1] >= 3
+                          else np.repeat(g.colors.detach().numpy(), 3, axis=1))
+    write_gaussian_ply(cfg.out / "gaussians.ply", cloud)
+    per_frame = [{"frame": i, **{k: v for k, v in image_metrics(renders[i], frames[i]).items()}}
+                 for i in range(len(scene.frames))]
+    return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
+            "lens": state.lens.report(), "n_gaussians": state.model.n, "iterations": state.step,
+            "final_loss": state.history[-1]["loss"] if state.history else None}
+
+
+def run(cfg: FitConfig) -> int:
+    _validate(cfg)
+    scene = load_scene(cfg.scene)
+    for w in scene.warnings:
+        console.warn(w)
+    frames = scene.load_frames()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    _save_config(cfg, {"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    result = run_dff(cfg, scene, frames) if cfg.method == "dff" else run_gs(cfg, scene, frames)
+    seconds = time.perf_counter() - t0
+    metrics = {
+        "method": cfg.method,
+        "scene": str(cfg.scene),
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "frames": result.get("frames"),
+        "mean_psnr": float(np.mean([f["psnr"] for f in result["frames"]])) if result.get("frames") else None,
+        "mean_ssim": float(np.mean([f["ssim"] for f in result["frames"]])) if result.get("frames") else None,
+        "depth": _depth_metrics(scene, result["depth"], cfg),
+        "lens": result.get("lens"),
+        "n_gaussians": result.get("n_gaussians"),
+        "iterations": result.get("iterations"),
+    }
+    write_json_atomic(cfg.out / "metrics.json", metrics)
+    _summary_panel(cfg, scene, frames, result["depth"], result["aif"], result["confidence"])
+    console.print(f"fit ({cfg.method}) of {cfg.scene} done in {seconds:.1f} s -> {cfg.out}")
+    if metrics["mean_psnr"] is not None:
+        console.print(f"  re-render PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f}")
+    if metrics["depth"] is not None:
+        d = metrics["depth"]
+        console.print(f"  depth vs depth_gt ({d['range_m'][0]}-{d['range_m'][1]} m): AbsRel {d['abs_rel']:.4f}, "
+                      f"RMSE {d['rmse']:.4f} m, delta1 {d['delta1']:.4f}")
+    if result.get("lens") and result["lens"]["calibrated"]:
+        console.print("  lens: " + json.dumps(result["lens"]))
+    console.print(f"  see {cfg.out / 'summary.png'}")
+    return 0

@@ -1,0 +1,65 @@
+"""Differentiable losses of the per-scene fit (metrics for reporting live in ``gs_dfd.eval.metrics``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _gaussian_kernel(size: int = 11, sigma: float = 1.5, device=None, dtype=None) -> Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim_torch(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean SSIM of ``[B, H, W, C]`` images in [0, 1] (11x11 Gaussian window, 'valid' region)."""
+    assert pred.shape == target.shape and pred.dim() == 4, (pred.shape, target.shape)
+    b, h, w, c = pred.shape
+    x = pred.permute(0, 3, 1, 2).reshape(b * c, 1, h, w)
+    y = target.permute(0, 3, 1, 2).reshape(b * c, 1, h, w)
+    g = _gaussian_kernel(device=pred.device, dtype=pred.dtype)
+    kx, ky = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+
+    def blur(t: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(t, kx), ky)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    ssim_map = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return ssim_map.mean()
+
+
+def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2) -> Tensor:
+    """``(1 - w) L1 + w (1 - SSIM)`` as in 3DGS (Kerbl et al. 2023), over ``[B, H, W, C]``."""
+    l1 = (pred - target).abs().mean()
+    if ssim_weight <= 0:
+        return l1
+    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim_torch(pred, target))
+
+
+def edge_aware_grid_smoothness(values: Tensor, guide: Tensor, grid_hw: tuple[int, int], colour_sigma: float = 0.1,
+                               weight: Tensor | None = None) -> Tensor:
+    """L1 differences of a per-Gaussian quantity between grid neighbours, down-weighted across colour edges.
+
+    values: ``[N]`` on an ``H x W`` grid (row-major); guide: ``[N, C]`` colours
+    (no gradient); weight: optional ``[N]`` extra per-Gaussian weight (e.g. low
+    where the data is confident). Depth edges usually coincide with colour
+    edges, so the prior fills textureless regions without blurring occlusions.
+    """
+    gh, gw = grid_hw
+    assert values.shape == (gh * gw,), (values.shape, grid_hw)
+    v = values.view(gh, gw)
+    g = guide.detach().view(gh, gw, -1)
+    total = values.new_zeros(())
+    for dv, dg in ((v[:, 1:] - v[:, :-1], g[:, 1:] - g[:, :-1]), (v[1:] - v[:-1], g[1:] - g[:-1])):
+        w = torch.exp(-dg.abs().mean(-1) / colour_sigma)
+        if weight is not None:
+            wv = weight.view(gh, gw)
+            w = w * (0.5 * (wv[:, 1:] + wv[:, :-1]) if dv.shape[1] == gw - 1 else 0.5 * (wv[1:] + wv[:-1]))
+        total = total + (w * dv.abs()).mean()
+    return total
