@@ -14,7 +14,7 @@ from typing import Annotated, Callable, Union
 import tyro
 
 from gs_dfd.console import console
-from gs_dfd.errors import GsDfdError
+from gs_dfd.errors import GsDfdError, Interrupted
 from gs_dfd.optics.thin_lens import LensError
 
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _configure_threads()
         return runners[type(cfg)](cfg)
+    except Interrupted as exc:
+        console.error(str(exc))
+        return 130
     except (GsDfdError, LensError) as exc:
         if debug:
             raise

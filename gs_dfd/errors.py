@@ -20,3 +20,7 @@ class InputError(GsDfdError):
         if field:
             where.append(f"field '{field}'")
         super().__init__(": ".join(where + [message]) if where else message)
+
+
+class Interrupted(GsDfdError):
+    """Ctrl-C during a long job, after its state was saved; the CLI exits 130."""

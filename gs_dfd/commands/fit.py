@@ -25,7 +25,7 @@ from scipy import ndimage
 from gs_dfd.console import console
 from gs_dfd.data.images import write_png
 from gs_dfd.data.scene import Scene, load_scene
-from gs_dfd.errors import GsDfdError, InputError
+from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.eval.metrics import depth_metrics, image_metrics
 from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.dff import depth_from_focus
@@ -206,8 +206,8 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
         save_checkpoint(ckpt, state, settings)
         if bar is not None:
             bar.close()
-        raise GsDfdError(f"interrupted at step {state.step}: checkpoint saved to {ckpt}; "
-                         f"continue with --resume") from None
+        raise Interrupted(f"interrupted at step {state.step}: checkpoint saved to {ckpt}; "
+                          f"continue with --resume") from None
     if bar is not None:
         bar.close()
     save_checkpoint(ckpt, state, settings)

@@ -121,6 +121,8 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings)
     if settings.calibrate_lens:
         groups.append({"params": [p for p in lens.parameters() if p.requires_grad], "lr": settings.lr_lens,
                        "name": "lens"})
+    for g in groups:
+        g["initial_lr"] = g["lr"]  # the schedule's base, kept in checkpoints with the groups
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     return FitState(model=model, lens=lens, optimizer=optimizer, grid_hw=grid_hw, init_confidence=conf)
 
@@ -181,7 +183,6 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
     ``state`` consistent (the caller saves it).
     """
     target = torch.from_numpy(frames).float()  # [F, H, W, C]
-    base_lrs = [g["lr"] for g in state.optimizer.param_groups]
     smooth_weight = None
     if settings.smooth_weight > 0:
         conf = torch.from_numpy(state.init_confidence if state.init_confidence is not None
@@ -193,8 +194,8 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
     while state.step < settings.iterations:
         t0 = time.perf_counter()
         factor = _lr_factor(state.step, settings.iterations, settings.lr_final_ratio)
-        for group, lr in zip(state.optimizer.param_groups, base_lrs):
-            group["lr"] = lr * factor
+        for group in state.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
         state.optimizer.zero_grad(set_to_none=True)
         out = render_frames(state, scene, settings.backend)
         loss_photo = photometric_loss(out["rgb"], target, settings.ssim_weight)

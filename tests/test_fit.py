@@ -1,0 +1,110 @@
+"""gs-dfd fit end to end on a tiny synthetic stack: outputs, determinism, resume, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gs_dfd.fit.gaussian_fit as gaussian_fit
+from gs_dfd.cli import main
+from gs_dfd.data.scene import load_scene
+from gs_dfd.eval.metrics import depth_metrics
+from gs_dfd.export.gaussian_ply import read_gaussian_ply
+from gs_dfd.fit.dff import depth_from_focus
+
+FAST = ["--iterations", "6", "--no-progress", "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fit") / "scene"
+    assert main(["synth", "procedural", "--kind", "occlusion", "--seed", "11", "--width", "64", "--height", "48",
+                 "--focus-distances", "1", "2", "4", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_fit_writes_the_output_contract(stack, tmp_path):
+    out = tmp_path / "fit"
+    assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST]) == 0
+    depth = np.load(out / "depth.npy")
+    assert depth.shape == (48, 64) and depth.dtype == np.float32 and np.isfinite(depth).all() and depth.min() > 0
+    for name in ("depth.png", "aif.png", "confidence.npy", "gaussians.ply", "checkpoint.pt", "config.json",
+                 "summary.png", "renders/000.png", "renders/002.png", "coc/000.npy", "coc/001.png"):
+        assert (out / name).is_file(), name
+    assert np.load(out / "coc/001.npy").shape == (48, 64)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["frames"]) == 3 and metrics["frames"][0]["psnr"] > 15
+    assert set(metrics["depth"]) >= {"abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3"}
+    cloud = read_gaussian_ply(out / "gaussians.ply")
+    assert cloud.means.shape[0] == metrics["n_gaussians"] == 32 * 24
+    assert not list(out.rglob("*.tmp*"))  # no temp files left behind
+
+
+def test_fitting_never_needs_ground_truth(stack, tmp_path):
+    blind = tmp_path / "blind"
+    shutil.copytree(stack, blind)
+    data = json.loads((blind / "scene.json").read_text())
+    for key in ("depth_gt", "all_in_focus"):
+        (blind / data.pop(key)).unlink()
+    (blind / "scene.json").write_text(json.dumps(data))
+    assert main(["fit", "--scene", str(blind), "--out", str(tmp_path / "o"), *FAST]) == 0
+    assert json.loads((tmp_path / "o/metrics.json").read_text())["depth"] is None
+
+
+def test_same_seed_same_result(stack, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST]) == 0
+    np.testing.assert_array_equal(np.load(a / "depth.npy"), np.load(b / "depth.npy"))
+
+
+def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(stack, tmp_path, monkeypatch, capsys):
+    real = gaussian_fit.photometric_loss
+    calls = {"n": 0}
+
+    def interrupting(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gaussian_fit, "photometric_loss", interrupting)
+    out = tmp_path / "o"
+    assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST]) == 130
+    assert "interrupted at step 3" in capsys.readouterr().err
+    assert not (out / "depth.npy").exists() and (out / "checkpoint.pt").is_file()
+    monkeypatch.setattr(gaussian_fit, "photometric_loss", real)
+    assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST, "--resume"]) == 0
+    straight = tmp_path / "straight"
+    assert main(["fit", "--scene", str(stack), "--out", str(straight), *FAST]) == 0
+    np.testing.assert_array_equal(np.load(out / "depth.npy"), np.load(straight / "depth.npy"))
+
+
+def test_dff_method_and_bad_input(stack, tmp_path, capsys):
+    out = tmp_path / "dff"
+    assert main(["fit", "--scene", str(stack), "--out", str(out), "--method", "dff", "--no-progress"]) == 0
+    assert np.load(out / "depth.npy").shape == (48, 64) and (out / "aif.png").is_file()
+    capsys.readouterr()
+    assert main(["fit", "--scene", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "scene folder not found" in err and len(err.strip().splitlines()) == 1
+    assert main(["fit", "--scene", str(stack), "--out", str(out), "--no-progress"]) == 2  # not empty
+    assert "not empty" in capsys.readouterr().err
+    assert main(["fit", "--scene", str(stack), "--out", str(tmp_path / "y"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_fit_improves_on_its_dff_start(stack, tmp_path):
+    """The Gaussians must add to the focus-measure estimate they start from."""
+    scene = load_scene(stack)
+    gt = scene.load_depth_gt()
+    dff = depth_from_focus(scene.load_frames(), np.array([f.focus_distance_m for f in scene.frames]))
+    out = tmp_path / "o"
+    assert main(["fit", "--scene", str(stack), "--out", str(out), "--iterations", "60", "--no-progress"]) == 0
+    fit_err = depth_metrics(np.load(out / "depth.npy"), gt, 0.5, 4.0)["abs_rel"]
+    dff_err = depth_metrics(dff.depth_m, gt, 0.5, 4.0)["abs_rel"]
+    assert fit_err < dff_err, (fit_err, dff_err)
