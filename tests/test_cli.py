@@ -50,6 +50,7 @@ def test_debug_shows_traceback(tiny_scene):
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["check", "--help"], ["synth", "--help"], ["synth", "rgbd", "--help"], ["synth", "procedural", "--help"],
+    ["fit", "--help"],
 ])
 def test_help_documents_every_flag(argv, capsys):
     with pytest.raises(SystemExit) as exc:

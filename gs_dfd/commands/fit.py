@@ -76,7 +76,7 @@ class FitConfig:
     resume: bool = False
     """Continue from OUT/checkpoint.pt (same scene and settings) up to --iterations."""
     overwrite: bool = False
-    """Allow writing into an existing output folder (without --resume)."""
+    """Allow writing into an existing, non-empty output folder when not resuming."""
     progress: bool = True
     """Show a progress bar."""
     debug: bool = False
