@@ -61,6 +61,8 @@ class FitConfig:
     """Adam learning rate of the Gaussians' inverse depth (1/m per step)."""
     calibrate_lens: bool = False
     """Refine the aperture scale and, with two or more focus distances, each frame's focus distance."""
+    exposure_compensation: bool = True
+    """Learn a per-frame gain and offset (real stacks change brightness between shots); frame 0 is the reference."""
     init_depth_m: Optional[float] = None
     """Starting depth when the stack has a single focus distance (aperture stacks); default 1.25 x focus."""
     dff_window_px: int = 9
@@ -85,7 +87,8 @@ class FitConfig:
     def settings(self) -> GaussianFitSettings:
         return GaussianFitSettings(iterations=self.iterations, stride=self.stride, smooth_weight=self.smooth_weight,
                                    ssim_weight=self.ssim_weight, lr_inv_depth=self.lr_inv_depth,
-                                   calibrate_lens=self.calibrate_lens, init_depth_m=self.init_depth_m,
+                                   calibrate_lens=self.calibrate_lens,
+                                   exposure_compensation=self.exposure_compensation, init_depth_m=self.init_depth_m,
                                    dff_window_px=self.dff_window_px, backend=self.backend, seed=self.seed)
 
 
@@ -234,7 +237,7 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     per_frame = [{"frame": i, **{k: v for k, v in image_metrics(renders[i], frames[i]).items()}}
                  for i in range(len(scene.frames))]
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
-            "lens": state.lens.report(), "n_gaussians": state.model.n, "iterations": state.step,
+            "lens": state.lens.report(), "exposure": state.exposure.report(), "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
 
 
@@ -259,6 +262,7 @@ def run(cfg: FitConfig) -> int:
         "mean_ssim": float(np.mean([f["ssim"] for f in result["frames"]])) if result.get("frames") else None,
         "depth": _depth_metrics(scene, result["depth"], cfg),
         "lens": result.get("lens"),
+        "exposure": result.get("exposure"),
         "n_gaussians": result.get("n_gaussians"),
         "iterations": result.get("iterations"),
     }

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from gs_dfd.data.scene import Scene
 from gs_dfd.fit.dff import depth_from_focus
+from gs_dfd.fit.exposure import FrameExposure
 from gs_dfd.fit.lens_calibration import LensModel
 from gs_dfd.fit.losses import edge_aware_grid_smoothness, photometric_loss
 from gs_dfd.fit.model import ScreenGaussians, grid_gaussians
@@ -57,6 +58,8 @@ class GaussianFitSettings:
     dff_window_px: int = 9
     init_depth_m: float | None = None
     calibrate_lens: bool = False
+    exposure_compensation: bool = True
+    lr_exposure: float = 0.01
     backend: str = "auto"
     seed: int = 0
 
@@ -67,6 +70,7 @@ class FitState:
 
     model: ScreenGaussians
     lens: LensModel
+    exposure: FrameExposure
     optimizer: torch.optim.Optimizer
     grid_hw: tuple[int, int]
     step: int = 0
@@ -121,10 +125,14 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings)
     if settings.calibrate_lens:
         groups.append({"params": [p for p in lens.parameters() if p.requires_grad], "lr": settings.lr_lens,
                        "name": "lens"})
+    exposure = FrameExposure(len(scene.frames), frames.shape[-1], settings.exposure_compensation)
+    if settings.exposure_compensation and len(scene.frames) > 1:
+        groups.append({"params": list(exposure.parameters()), "lr": settings.lr_exposure, "name": "exposure"})
     for g in groups:
         g["initial_lr"] = g["lr"]  # the schedule's base, kept in checkpoints with the groups
     optimizer = torch.optim.Adam(groups, eps=1e-15)
-    return FitState(model=model, lens=lens, optimizer=optimizer, grid_hw=grid_hw, init_confidence=conf)
+    return FitState(model=model, lens=lens, exposure=exposure, optimizer=optimizer, grid_hw=grid_hw,
+                    init_confidence=conf)
 
 
 def _camera(scene: Scene, pose: np.ndarray) -> PinholeCamera:
@@ -167,7 +175,10 @@ def render_frames(state: FitState, scene: Scene, backend: str, coc_scale: float 
             with torch.no_grad():
                 model.inv_depth.sub_(inv_depth_offset)
     keys = parts[0].keys()
-    return {k: torch.stack([parts[i][k] for i in range(len(scene.frames))]) for k in keys}
+    stacked = {k: torch.stack([parts[i][k] for i in range(len(scene.frames))]) for k in keys}
+    if coc_scale != 0:  # pinhole renders stay in the Gaussians' (frame 0's) exposure
+        stacked["rgb"] = state.exposure(stacked["rgb"])
+    return stacked
 
 
 def _lr_factor(step: int, total: int, final_ratio: float) -> float:
@@ -239,6 +250,7 @@ def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) 
         "format": "gs_dfd.fit_checkpoint/1",
         "model": state.model.state_dict(),
         "lens": state.lens.state_dict(),
+        "exposure": state.exposure.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "grid_hw": state.grid_hw,
         "step": state.step,
@@ -255,6 +267,7 @@ def load_checkpoint(path: Path, state: FitState) -> FitState:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     state.model.load_state_dict(payload["model"])
     state.lens.load_state_dict(payload["lens"])
+    state.exposure.load_state_dict(payload["exposure"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.step = int(payload["step"])
     state.history = list(payload["history"])
