@@ -117,6 +117,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             except ImportError:
                 return "torch"
         backend = "cpu"
+    if backend == "gsplat" and device.type != "cuda":
+        raise ValueError("backend 'gsplat' needs CUDA tensors")
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError("backend 'cpu' needs CPU tensors")
@@ -177,36 +179,51 @@ def render_defocus(
         return render_gsplat(means, quats, scales, opacities, colors, camera, lenses, coc_px_override,
                              return_coc, sigma_per_coc, background, near_plane, eps2d)
 
-    proj = project_gaussians(means, quats, scales, camera.viewmat(dev, dt), camera.fx, camera.fy, camera.cx,
-                             camera.cy, w, h, near_plane)
+    if backend == "cpu":
+        from gs_dfd.render.raster_cpu import project_cpu
+        project = project_cpu
+    else:
+        project = project_gaussians
+    proj = project(means, quats, scales, camera.viewmat(dev, dt), camera.fx, camera.fy, camera.cx, camera.cy, w, h,
+                   near_plane)
     if coc_px_override is not None:
         coc = coc_px_override.to(dt).abs()
     else:
         coc = coc_px_per_frame(proj.depths, proj.valid, lenses)
-    dil = dilate(proj.cov2d, opacities, blur_sigma(coc, sigma_per_coc), proj.valid, eps2d)
-    rects = tile_rects(proj.means2d, dil.radii, w, h, TILE_SIZE)
-    with torch.no_grad():
-        seen = (rects[..., 2] >= rects[..., 0]).any(0)
-        ids = torch.nonzero(seen).squeeze(1)
-        order = ids[torch.argsort(proj.depths.detach()[ids], stable=True)]
+    if backend == "cpu":
+        from gs_dfd.render.raster_cpu import dilate_cpu, prepare_cpu
+        dil = dilate_cpu(proj.cov2d, opacities, blur_sigma(coc, sigma_per_coc), proj.valid, eps2d)
+        rects, order = prepare_cpu(proj.means2d, dil.radii, proj.depths, w, h, TILE_SIZE)
+    else:
+        dil = dilate(proj.cov2d, opacities, blur_sigma(coc, sigma_per_coc), proj.valid, eps2d)
+        rects = tile_rects(proj.means2d, dil.radii, w, h, TILE_SIZE)
+        with torch.no_grad():
+            seen = (rects[..., 2] >= rects[..., 0]).any(0)
+            ids = torch.nonzero(seen).squeeze(1)
+            order = ids[torch.argsort(proj.depths.detach()[ids], stable=True)]
     c = colors.shape[1]
     feats = [colors.to(dt).expand(f, n, c), proj.depths.expand(f, n)[..., None]]
     if return_coc:
         feats.append(coc[..., None])
     features = torch.cat(feats, dim=-1)  # [F, N, C + 1 (+1)]
+    if backend == "cpu" and features.shape[-1] > 32:
+        warnings.warn("gs_dfd.render: the 'cpu' backend composites at most 32 channels (colours + depth + CoC); "
+                      "using the 'torch' backend", RuntimeWarning, stacklevel=2)
+        backend = "torch"
     if backend == "cpu":
         from gs_dfd.render.raster_cpu import rasterize_cpu
-        feat, alpha = rasterize_cpu(proj.means2d, dil.conics, dil.opacities, features, rects, order, w, h,
-                                    TILE_SIZE)
+        feat, alpha = rasterize_cpu(proj.means2d, dil.conics, dil.opacities, features, dil.radii, rects, order, w,
+                                    h, TILE_SIZE)
     else:
         feat, alpha = rasterize_torch(proj.means2d, dil.conics, dil.opacities, features, rects, order, w, h,
                                       TILE_SIZE)
-    rgb = feat[..., :c]
+    # One split (its backward is a single cat) rather than three slices (three zero-filled images).
+    parts = torch.split(feat, [c, 1, 1] if return_coc else [c, 1], dim=-1)
+    rgb, depth_accum = parts[0], parts[1]
     if background is not None:
         rgb = rgb + (1.0 - alpha) * background.to(rgb)
     safe_alpha = alpha.clamp_min(1e-10)
-    depth_accum = feat[..., c:c + 1]
-    out_coc = feat[..., c + 1:c + 2] / safe_alpha if return_coc else None
+    out_coc = parts[2] / safe_alpha if return_coc else None
     radii = torch.ceil(dil.radii).to(torch.int32) * (rects[..., 2:3] >= rects[..., 0:1])
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth_accum / safe_alpha, depth_accum=depth_accum, coc=out_coc,
                         means2d=proj.means2d, radii=radii, depths=proj.depths, coc_px=coc, backend=backend)

@@ -31,7 +31,7 @@ class Dilated:
     conics: Tensor  # [F, N, 3] inverse of S' as (xx, xy, yy)
     opacities: Tensor  # [F, N] energy-rescaled opacity
     radii: Tensor  # [F, N, 2] float half-extent of the footprint box in px (0: culled); no gradient
-    cov2d: Tensor  # [F, N, 3] S' = S + (sigma^2 + eps) I
+    cov2d: Tensor | None = None  # [F, N, 3] S' = S + (sigma^2 + eps) I (reference path only)
 
 
 def coc_px_per_frame(depths: Tensor, valid: Tensor, lenses: Sequence) -> Tensor:

@@ -26,63 +26,75 @@ class Projection:
     valid: Tensor  # [N] bool: in front of the near plane with a finite, positive-definite footprint
 
 
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices from (w, x, y, z) quaternions; normalises first so raw parameters work."""
-    assert quats.dim() == 2 and quats.shape[-1] == 4, quats.shape  # [N, 4]
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(-1, 3, 3)  # [N, 3, 3]
-
-
 def project_gaussians(
     means: Tensor,  # [N, 3] world
     quats: Tensor,  # [N, 4] wxyz
     scales: Tensor,  # [N, 3] activated, metres
-    world_to_cam: Tensor,  # [4, 4]
+    world_to_cam: Tensor,  # [4, 4] (treated as a constant)
     fx: float, fy: float, cx: float, cy: float,
     width: int, height: int,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
 ) -> Projection:
-    """Project Gaussians through a pinhole camera (EWA first-order approximation)."""
+    """Project Gaussians through a pinhole camera (EWA first-order approximation).
+
+    Written per component on [N] tensors rather than with batched 3x3 matrix
+    products: on CPU that is several times faster, forward and backward, and
+    the formulas stay readable: ``cov2d = (J W R S)(J W R S)^T``.
+    """
     n = means.shape[0]
     assert means.shape == (n, 3), means.shape
     assert quats.shape == (n, 4), quats.shape
     assert scales.shape == (n, 3), scales.shape
     assert world_to_cam.shape == (4, 4), world_to_cam.shape
-    rot_wc = world_to_cam[:3, :3].to(means)
-    t_wc = world_to_cam[:3, 3].to(means)
-    p_cam = means @ rot_wc.T + t_wc  # [N, 3]
-    x, y, z = p_cam.unbind(-1)
+    w2c = [[float(v) for v in row] for row in world_to_cam.detach().cpu().double().tolist()]
+    (r00, r01, r02, t0), (r10, r11, r12, t1), (r20, r21, r22, t2) = w2c[0], w2c[1], w2c[2]
+    mx, my, mz = means.unbind(-1)
+    x = r00 * mx + r01 * my + r02 * mz + t0
+    y = r10 * mx + r11 * my + r12 * mz + t1
+    z = r20 * mx + r21 * my + r22 * mz + t2
     valid = (z > near_plane) & (z < far_plane)
     # Gaussians behind the camera are culled; give them a harmless depth so no NaN leaks into gradients.
     zs = torch.where(valid, z, torch.ones_like(z))
+    rz = 1.0 / zs
 
-    m = quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3] = R diag(s)
-    m_cam = rot_wc @ m  # [N, 3, 3]
-
+    # Jacobian of the perspective map at the (clamped, as gsplat does) view direction, times W (rotation).
     tan_fovx = 0.5 * width / fx
     tan_fovy = 0.5 * height / fy
     lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
     lim_x_neg = cx / fx + 0.3 * tan_fovx
     lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
     lim_y_neg = cy / fy + 0.3 * tan_fovy
-    tx = zs * (x / zs).clamp(-lim_x_neg, lim_x_pos)
-    ty = zs * (y / zs).clamp(-lim_y_neg, lim_y_pos)
-    zero = torch.zeros_like(zs)
-    j = torch.stack(
-        [fx / zs, zero, -fx * tx / (zs * zs), zero, fy / zs, -fy * ty / (zs * zs)], dim=-1
-    ).reshape(n, 2, 3)  # [N, 2, 3]
-    jm = j @ m_cam  # [N, 2, 3]; cov2d = (J M)(J M)^T is symmetric positive semi-definite by construction
-    cov_xx = (jm[:, 0] * jm[:, 0]).sum(-1)
-    cov_xy = (jm[:, 0] * jm[:, 1]).sum(-1)
-    cov_yy = (jm[:, 1] * jm[:, 1]).sum(-1)
-    cov2d = torch.stack([cov_xx, cov_xy, cov_yy], dim=-1)  # [N, 3]
-    means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], dim=-1)  # [N, 2]
+    ux = (x * rz).clamp(-lim_x_neg, lim_x_pos)  # tx / z
+    uy = (y * rz).clamp(-lim_y_neg, lim_y_pos)
+    jx = fx * rz  # J = [[jx, 0, -jx ux], [0, jy, -jy uy]]
+    jy = fy * rz
+    a0 = jx * (r00 - ux * r20)  # rows of J W
+    a1 = jx * (r01 - ux * r21)
+    a2 = jx * (r02 - ux * r22)
+    b0 = jy * (r10 - uy * r20)
+    b1 = jy * (r11 - uy * r21)
+    b2 = jy * (r12 - uy * r22)
+
+    # R diag(s) from the normalised quaternion.
+    qn = quats * torch.rsqrt((quats * quats).sum(-1, keepdim=True).clamp_min(1e-24))
+    qw, qx, qy, qz = qn.unbind(-1)
+    sx, sy, sz = scales.unbind(-1)
+    xx, yy, zz = qx * qx, qy * qy, qz * qz
+    xy, xz, yz = qx * qy, qx * qz, qy * qz
+    wx, wy, wz = qw * qx, qw * qy, qw * qz
+    m00, m01, m02 = (1 - 2 * (yy + zz)) * sx, 2 * (xy - wz) * sy, 2 * (xz + wy) * sz
+    m10, m11, m12 = 2 * (xy + wz) * sx, (1 - 2 * (xx + zz)) * sy, 2 * (yz - wx) * sz
+    m20, m21, m22 = 2 * (xz - wy) * sx, 2 * (yz + wx) * sy, (1 - 2 * (xx + yy)) * sz
+
+    # T = (J W) (R S): 2 x 3; cov2d = T T^T is positive semi-definite by construction.
+    p0 = a0 * m00 + a1 * m10 + a2 * m20
+    p1 = a0 * m01 + a1 * m11 + a2 * m21
+    p2 = a0 * m02 + a1 * m12 + a2 * m22
+    q0 = b0 * m00 + b1 * m10 + b2 * m20
+    q1 = b0 * m01 + b1 * m11 + b2 * m21
+    q2 = b0 * m02 + b1 * m12 + b2 * m22
+    cov2d = torch.stack([p0 * p0 + p1 * p1 + p2 * p2, p0 * q0 + p1 * q1 + p2 * q2, q0 * q0 + q1 * q1 + q2 * q2], -1)
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)  # [N, 2]
     valid = valid & torch.isfinite(cov2d).all(-1) & torch.isfinite(means2d).all(-1)
     return Projection(means2d=means2d, cov2d=cov2d, depths=z, valid=valid)
