@@ -951,7 +951,7 @@ std::vector<torch::Tensor> backward(torch::Tensor means2d, torch::Tensor conics,
   const torch::Tensor rec_t = pack_records(means2d, conics, opacities, radii, features, spatial_t, nt);
   const int Q = 6 + static_cast<int>(K);
   // Per-thread gradient records [m0 m1 c0 c1 c2 o f...] per (frame, spatial rank), summed at the
-  // end: deterministic for a fixed thread count, no atomics, compact scattered updates.
+  // end: deterministic for a fixed thread count (static tile assignment), no atomics.
   auto g_all = torch::empty({nt, F, M, Q}, torch::kFloat32);
   const float* rec = rec_t.data_ptr<float>();
   const int64_t R = kRec + K;
@@ -971,7 +971,9 @@ std::vector<torch::Tensor> backward(torch::Tensor means2d, torch::Tensor conics,
     float* g_t = g_all.data_ptr<float>() + tid * F * M * Q;
     std::memset(g_t, 0, sizeof(float) * F * M * Q);  // first touch by the thread that uses it
     TileData d;
-#pragma omp for schedule(dynamic, 1)
+    // Round-robin, not dynamic: which thread sums which tile must not depend on timing, or the
+    // float sums in the thread buffers (and so the gradients) would differ from run to run.
+#pragma omp for schedule(static, 1)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t f = item / geo.n_tiles;
       const int t = static_cast<int>(item % geo.n_tiles);
