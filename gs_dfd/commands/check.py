@@ -33,7 +33,7 @@ class CheckConfig:
     """Show full tracebacks instead of one-line errors."""
 
 
-def _depth_range(scene: Scene, cfg: CheckConfig, depth: np.ndarray | None) -> tuple[tuple[float, float], str]:
+def _depth_range(cfg: CheckConfig, depth: np.ndarray | None) -> tuple[tuple[float, float], str]:
     if cfg.depth_range_m is not None:
         near, far = cfg.depth_range_m
         if not 0 < near <= far:
@@ -48,7 +48,7 @@ def _depth_range(scene: Scene, cfg: CheckConfig, depth: np.ndarray | None) -> tu
 def summarize(scene: Scene, cfg: CheckConfig) -> str:
     cam = scene.camera
     depth = scene.load_depth_gt()
-    (near, far), range_src = _depth_range(scene, cfg, depth)
+    (near, far), range_src = _depth_range(cfg, depth)
     lines = [
         f"scene        {scene.root}  (gs_dfd.scene/1)",
         f"camera       {cam.width}x{cam.height} px, fx={cam.fx:.1f} fy={cam.fy:.1f} cx={cam.cx:.1f} cy={cam.cy:.1f}, "

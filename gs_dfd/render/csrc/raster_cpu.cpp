@@ -687,9 +687,6 @@ std::vector<torch::Tensor> project_backward(torch::Tensor means, torch::Tensor q
   return {g_m, g_q, g_s};
 }
 
-namespace {
-}  // namespace
-
 // Tile ranges of every footprint box (same float formula as defocus.tile_rects) and the depth
 // order of the Gaussians visible in any frame: a stable LSD radix sort on the float bits
 // (positive floats order like their bit patterns), equal to torch.argsort(stable=True).
@@ -750,9 +747,6 @@ std::vector<torch::Tensor> prepare(torch::Tensor means2d, torch::Tensor radii, t
   std::memcpy(order.data_ptr<int64_t>(), idx.data(), M * sizeof(int64_t));
   return {rects, order};
 }
-
-namespace {
-}  // namespace
 
 // Defocus dilation S' = S + (sigma^2 + eps) I, energy-conserving opacity and opacity-aware
 // footprint: the fused port of defocus.dilate (same formulas), forward and backward.
@@ -859,9 +853,6 @@ std::vector<torch::Tensor> dilate_backward(torch::Tensor cov2d, torch::Tensor op
   }
   return {g_cov, g_op, g_s2};
 }
-
-namespace {
-}  // namespace
 
 int64_t simd_width() { return L; }
 
