@@ -42,14 +42,12 @@ def _configure_threads() -> None:
     torch.set_num_threads(n if n > 0 else max(1, min(os.cpu_count() or 1, 8)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    union, runners = _commands()
-    cfg = tyro.cli(union, args=argv, prog="gs-dfd", description="Depth from defocus with defocus-aware 3D Gaussian splatting.",
-                   config=(tyro.conf.OmitArgPrefixes,))
-    debug = bool(getattr(getattr(cfg, "kind", cfg), "debug", False))
+def run_guarded(run: Callable[[object], int], cfg: object, debug: bool = False) -> int:
+    """Run a command the way every gs_dfd entry point does: threads set, one-line errors, exit codes
+    2 (bad input) and 130 (interrupted); ``debug`` re-raises instead."""
     try:
         _configure_threads()
-        return runners[type(cfg)](cfg)
+        return run(cfg)
     except Interrupted as exc:
         console.error(str(exc))
         return 130
@@ -63,6 +61,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.error("interrupted")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    union, runners = _commands()
+    cfg = tyro.cli(union, args=argv, prog="gs-dfd", description="Depth from defocus with defocus-aware 3D Gaussian splatting.",
+                   config=(tyro.conf.OmitArgPrefixes,))
+    debug = bool(getattr(getattr(cfg, "kind", cfg), "debug", False))
+    return run_guarded(runners[type(cfg)], cfg, debug)
+
+
+def run_tool(run: Callable[[object], int], config_type: type) -> None:
+    """Entry point of a script in tools/: its tyro config, then :func:`run_guarded`."""
+    sys.exit(run_guarded(run, tyro.cli(config_type)))
 
 
 def entrypoint() -> None:

@@ -6,13 +6,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 
-from conftest import REPO, edit_scene_json, write_tiny_scene
+from conftest import REPO, edit_scene_json
 from gs_dfd.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -12,7 +12,6 @@ import pytest
 from conftest import REPO, shared_path
 from gs_dfd.cli import main
 from gs_dfd.data.scene import load_scene
-from gs_dfd.errors import InputError
 
 pytestmark = pytest.mark.shared
 

@@ -20,9 +20,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-import tyro
 
-from gs_dfd.cli import main as cli_main
+from gs_dfd.cli import main as cli_main, run_tool
 
 
 @dataclass
@@ -81,4 +80,4 @@ def main(cfg: BenchFitConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(BenchFitConfig)))
+    run_tool(main, BenchFitConfig)

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import tyro
 
+from gs_dfd.cli import run_tool
 from gs_dfd.console import console
 from gs_dfd.data.images import image_size
 from gs_dfd.data.scene import Camera, Frame, Scene, load_scene
-from gs_dfd.errors import GsDfdError, InputError
+from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import get_preset
 from gs_dfd.utils.atomic import atomic_output_dir, write_json_atomic
 
@@ -86,8 +85,4 @@ def main(cfg: ConvertD3NetConfig) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(tyro.cli(ConvertD3NetConfig)))
-    except GsDfdError as exc:
-        console.error(str(exc))
-        sys.exit(2)
+    run_tool(main, ConvertD3NetConfig)

@@ -16,13 +16,12 @@ chosen camera preset (default nyu, 320 px wide, 5 focus distances).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import tyro
 
+from gs_dfd.cli import run_tool
 from gs_dfd.console import console
 from gs_dfd.data.images import crop_border, read_image, resize_image, resize_nearest, to_channels
 from gs_dfd.errors import GsDfdError
@@ -91,8 +90,4 @@ def main(cfg: ConvertRgbdConfig) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(tyro.cli(ConvertRgbdConfig)))
-    except GsDfdError as exc:
-        console.error(str(exc))
-        sys.exit(2)
+    run_tool(main, ConvertRgbdConfig)

@@ -20,7 +20,6 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from gs_dfd.console import console
 from gs_dfd.data.images import write_png
@@ -34,6 +33,7 @@ from gs_dfd.fit.gaussian_fit import (
     save_checkpoint,
 )
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
+from gs_dfd.utils.fill import fill_nearest
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
@@ -111,13 +111,6 @@ def _validate(cfg: FitConfig) -> None:
         raise InputError(cfg.out / "checkpoint.pt", "no checkpoint to resume from", "--resume")
     if cfg.out.exists() and any(cfg.out.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise GsDfdError(f"{cfg.out}: output folder is not empty (pass --resume to continue or --overwrite)")
-
-
-def _fill_holes(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    if valid.all() or not valid.any():
-        return depth
-    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    return depth[tuple(idx)]
 
 
 def _save_config(cfg: FitConfig, extra: dict) -> None:
@@ -219,7 +212,8 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
         sharp = render_frames(state, scene, settings.backend, coc_scale=0.0)
         blurred = render_frames(state, scene, settings.backend, return_coc=True)
     alpha = sharp["alpha"][0, ..., 0].numpy()
-    depth = _fill_holes(sharp["depth"][0, ..., 0].numpy(), alpha > 0.5).astype(np.float32)
+    depth_raw = sharp["depth"][0, ..., 0].numpy()
+    depth = (fill_nearest(depth_raw, alpha > 0.5) if (alpha > 0.5).any() else depth_raw).astype(np.float32)
     aif = sharp["rgb"][0].clamp(0, 1).numpy()
     sensitivity = depth_sensitivity(state, scene, settings.backend)
     # Half confidence at a change of 0.02 image units per 1/m of inverse depth, summed over channels.

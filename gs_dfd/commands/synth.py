@@ -175,7 +175,7 @@ def run_procedural(cfg: SynthProceduralConfig) -> int:
             aif, depth = make_procedural_scene(cfg.kind, cfg.width, cfg.height, seed, cfg.min_depth_m, cfg.max_depth_m)
             folder = tmp if cfg.count == 1 else tmp / f"scene_{k:03d}"
             folder.mkdir(parents=True, exist_ok=True)
-            scene = synthesize_scene(folder, aif, depth, StackSpec(**{**spec.__dict__, "seed": seed}),
+            scene = synthesize_scene(folder, aif, depth, dataclasses.replace(spec, seed=seed),
                                      progress=cfg.progress and cfg.count == 1)
             _save_config(folder, cfg, seed_used=seed)
     _report(cfg.out, scene, depth, cfg.count)

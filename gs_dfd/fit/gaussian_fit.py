@@ -73,6 +73,7 @@ class FitState:
     exposure: FrameExposure
     optimizer: torch.optim.Optimizer
     grid_hw: tuple[int, int]
+    pose_groups: list[tuple[np.ndarray, list[int]]]  # frames sharing a pose render together
     step: int = 0
     history: list[dict] = field(default_factory=list)
     init_confidence: np.ndarray | None = None  # [H, W] DFF confidence
@@ -132,7 +133,7 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings)
         g["initial_lr"] = g["lr"]  # the schedule's base, kept in checkpoints with the groups
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     return FitState(model=model, lens=lens, exposure=exposure, optimizer=optimizer, grid_hw=grid_hw,
-                    init_confidence=conf)
+                    pose_groups=_pose_groups(scene), init_confidence=conf)
 
 
 def _camera(scene: Scene, pose: np.ndarray) -> PinholeCamera:
@@ -157,7 +158,7 @@ def render_frames(state: FitState, scene: Scene, backend: str, coc_scale: float 
     try:
         g = model.world()
         parts: dict[int, dict[str, torch.Tensor]] = {}
-        for pose, ids in _pose_groups(scene):
+        for pose, ids in state.pose_groups:
             z = (g.means @ torch.tensor(pose[:3, :3], dtype=g.means.dtype).T)[:, 2] + float(pose[2, 3])
             coc = state.lens.coc_px(z.clamp_min(1e-3), ids) * coc_scale
             out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors, _camera(scene, pose), [],

@@ -8,11 +8,11 @@ from typing import Sequence
 
 import imageio.v3 as iio
 import numpy as np
-from scipy import ndimage
 
 from gs_dfd.data.scene import Camera, Frame, Scene, write_scene
 from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import CameraPreset
+from gs_dfd.utils.fill import fill_nearest
 from gs_dfd.synth.layered import FrameOptics, add_sensor_noise, render_focal_stack
 
 
@@ -62,10 +62,7 @@ def fill_depth_holes(depth_m: np.ndarray) -> np.ndarray:
     valid = np.isfinite(depth_m) & (depth_m > 0)
     if not valid.any():
         raise ValueError("depth map has no valid pixel")
-    if valid.all():
-        return depth_m.astype(np.float32)
-    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    return depth_m[tuple(idx)].astype(np.float32)
+    return fill_nearest(depth_m, valid).astype(np.float32)
 
 
 def read_depth_input(path: Path, scale: float, kind: str = "depth",
