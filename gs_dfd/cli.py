@@ -18,18 +18,31 @@ from gs_dfd.errors import GsDfdError, Interrupted
 from gs_dfd.optics.thin_lens import LensError
 
 
-def _commands() -> tuple[object, dict[type, Callable[[object], int]]]:
-    from gs_dfd.commands import check, fit, synth
+def _commands(argv: list[str] | None = None) -> tuple[object, dict[type, Callable[[object], int]]]:
+    from gs_dfd.commands import check, evaluate, export, fit, predict, synth, train
+
+    # ``train --config FILE.yaml``: the file's values become the defaults that flags override.
+    args = list(sys.argv[1:] if argv is None else argv)
+    train_defaults = train.defaults_from_argv(args[1:]) if args[:1] == ["train"] else None
+    train_kw = {"default": train_defaults} if train_defaults is not None else {}
 
     union = Union[
         Annotated[synth.SynthCommand, tyro.conf.subcommand("synth", prefix_name=False)],
         Annotated[check.CheckConfig, tyro.conf.subcommand("check", prefix_name=False)],
         Annotated[fit.FitConfig, tyro.conf.subcommand("fit", prefix_name=False)],
+        Annotated[evaluate.EvalConfig, tyro.conf.subcommand("eval", prefix_name=False)],
+        Annotated[export.ExportConfig, tyro.conf.subcommand("export", prefix_name=False)],
+        Annotated[train.TrainConfig, tyro.conf.subcommand("train", prefix_name=False, **train_kw)],
+        Annotated[predict.PredictConfig, tyro.conf.subcommand("predict", prefix_name=False)],
     ]
     runners = {
         synth.SynthCommand: lambda c: synth.run(c.kind),
         check.CheckConfig: check.run,
         fit.FitConfig: fit.run,
+        evaluate.EvalConfig: evaluate.run,
+        export.ExportConfig: export.run,
+        train.TrainConfig: train.run,
+        predict.PredictConfig: predict.run,
     }
     return union, runners
 
@@ -64,7 +77,11 @@ def run_guarded(run: Callable[[object], int], cfg: object, debug: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    union, runners = _commands()
+    try:
+        union, runners = _commands(argv)
+    except (GsDfdError, LensError) as exc:  # a bad --config file
+        console.error(str(exc))
+        return 2
     cfg = tyro.cli(union, args=argv, prog="gs-dfd", description="Depth from defocus with defocus-aware 3D Gaussian splatting.",
                    config=(tyro.conf.OmitArgPrefixes,))
     debug = bool(getattr(getattr(cfg, "kind", cfg), "debug", False))

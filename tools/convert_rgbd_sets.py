@@ -7,6 +7,10 @@
   disparity (Scharstein & Szeliski 2002/2003). Disparity has no metric
   calibration: valid disparities are mapped affinely in inverse depth onto
   ``--middlebury-depth-range-m``.
+- ``d3net_indoor_train`` (``--d3net-ids``): the f/8 DSLR image (close to
+  all-in-focus) and its registered Xtion depth in millimetres (Carvalho et
+  al., ECCV-W 2018), centre-cropped from 3:2 to 4:3. These are the many
+  indoor RGB-D scenes the networks of ``gs-dfd train`` learn from.
 
 Defocus comes from the layered disk-PSF model of ``gs-dfd synth`` with the
 chosen camera preset (default nyu, 320 px wide, 5 focus distances).
@@ -39,6 +43,13 @@ SOURCES = {
     "middlebury_tsukuba": ("middlebury_2001_2003/tsukuba/im3.png", "middlebury_2001_2003/tsukuba/disp3.pgm", "disparity",
                            1 / 16, None),
 }
+# 645x432 -> the central 576x432 (4:3), like NYU's aspect ratio.
+D3NET_CROP = (34, 0, 35, 0)
+
+
+def d3net_source(scene_id: int) -> tuple[str, str, str, float, tuple[int, int, int, int]]:
+    return (f"d3net_indoor_train/rgb_f8/{scene_id:03d}.jpg", f"d3net_indoor_train/depth_mm/{scene_id:03d}.png", "depth",
+            1e-3, D3NET_CROP)
 
 
 @dataclass
@@ -58,13 +69,18 @@ class ConvertRgbdConfig:
     noise_std: float = 0.0
     """Sensor noise of the synthetic frames (0 = none)."""
     only: tuple[str, ...] = tuple(SOURCES)
-    """Which sources to convert."""
+    """Which of the named sources to convert (pass none with ``--only`` and no value)."""
+    d3net_ids: tuple[int, ...] = ()
+    """Also convert these scenes of d3net_indoor_train (f/8 image + depth), named ``d3net_rgbd_NNN``."""
     overwrite: bool = False
     """Replace the output folder if it exists."""
 
 
 def convert_one(src: Path, name: str, out: Path, cfg: ConvertRgbdConfig) -> None:
-    rgb_rel, depth_rel, kind, scale, crop = SOURCES[name]
+    if name.startswith("d3net_rgbd_"):
+        rgb_rel, depth_rel, kind, scale, crop = d3net_source(int(name.rsplit("_", 1)[1]))
+    else:
+        rgb_rel, depth_rel, kind, scale, crop = SOURCES[name]
     aif = read_image(src / rgb_rel, field="rgb")
     depth = read_depth_input(src / depth_rel, scale, kind,
                              cfg.middlebury_depth_range_m if kind == "disparity" else None)
@@ -82,10 +98,13 @@ def main(cfg: ConvertRgbdConfig) -> int:
     unknown = sorted(set(cfg.only) - set(SOURCES))
     if unknown:
         raise GsDfdError(f"--only: unknown source(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")
+    names = list(cfg.only) + [f"d3net_rgbd_{i:03d}" for i in cfg.d3net_ids]
+    if not names:
+        raise GsDfdError("nothing to convert: give --only and/or --d3net-ids")
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
-        for name in console.progress(cfg.only, "rgbd stacks"):
+        for name in console.progress(names, "rgbd stacks"):
             convert_one(cfg.src, name, tmp / name, cfg)
-    console.print(f"wrote {len(cfg.only)} scenes to {cfg.out}")
+    console.print(f"wrote {len(names)} scenes to {cfg.out}")
     return 0
 
 

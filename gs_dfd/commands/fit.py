@@ -5,6 +5,7 @@
 see what the Gaussian fit adds. Outputs (the contract of DESIGN.md):
 ``depth.npy`` (float32 metres), ``depth.png``, ``aif.png``, ``confidence.npy``,
 ``coc/NNN.npy`` (+ PNG), ``renders/NNN.png``, ``gaussians.ply``,
+``camera.json`` (the reference view's camera and pose, for ``gs-dfd export``),
 ``metrics.json``, ``config.json`` and ``checkpoint.pt``; every file is
 written atomically.
 """
@@ -26,6 +27,7 @@ from gs_dfd.data.images import write_png
 from gs_dfd.data.scene import Scene, load_scene
 from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.eval.metrics import depth_metrics, image_metrics
+from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
@@ -71,6 +73,9 @@ class FitConfig:
     """Renderer: auto = gsplat on CUDA, else the C++ cpu backend."""
     eval_depth_range_m: tuple[float, float] = (0.5, 4.0)
     """Depth range (near far, metres) of the depth metrics when the scene has depth_gt."""
+    evaluate: bool = True
+    """Read the scene's depth_gt after fitting, for metrics.json and summary.png (``--no-evaluate``:
+    never touch ground truth, as the self-supervised training cache requires)."""
     seed: int = 0
     """Random seed; the same seed gives the same result on CPU."""
     checkpoint_every: int = 50
@@ -119,7 +124,7 @@ def _save_config(cfg: FitConfig, extra: dict) -> None:
 
 
 def _depth_metrics(scene: Scene, depth: np.ndarray, cfg: FitConfig) -> dict | None:
-    gt = scene.load_depth_gt()  # evaluation only, after fitting
+    gt = scene.load_depth_gt() if cfg.evaluate else None  # evaluation only, after fitting
     if gt is None:
         return None
     near, far = cfg.eval_depth_range_m
@@ -130,6 +135,7 @@ def _write_common(cfg: FitConfig, scene: Scene, depth: np.ndarray, aif: np.ndarr
                   coc_maps: np.ndarray) -> None:
     out = cfg.out
     save_npy_atomic(out / "depth.npy", depth.astype(np.float32))
+    write_camera_json(out / "camera.json", scene.camera, scene.world_to_cam(0))  # the view depth.npy belongs to
     write_png(out / "depth.png", depth_to_rgb(depth))
     write_png(out / "aif.png", aif)
     save_npy_atomic(out / "confidence.npy", confidence.astype(np.float32))
@@ -147,7 +153,7 @@ def _thin_lens_coc_maps(scene: Scene, depth: np.ndarray) -> np.ndarray:
 def _summary_panel(cfg: FitConfig, scene: Scene, frames: np.ndarray, depth: np.ndarray, aif: np.ndarray,
                    confidence: np.ndarray) -> None:
     """What a person wants to see first: input, all-in-focus, depth (and ground truth), confidence."""
-    gt = scene.load_depth_gt()
+    gt = scene.load_depth_gt() if cfg.evaluate else None
     valid = depth[np.isfinite(depth)]
     lo, hi = np.percentile(valid, [2, 98]) if valid.size else (1.0, 2.0)
     if gt is not None and np.any(gt > 0):
@@ -237,7 +243,7 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
 
 def run(cfg: FitConfig) -> int:
     _validate(cfg)
-    scene = load_scene(cfg.scene)
+    scene = load_scene(cfg.scene, check_files=cfg.evaluate)  # --no-evaluate: ground-truth files untouched
     for w in scene.warnings:
         console.warn(w)
     frames = scene.load_frames()

@@ -5,6 +5,8 @@ Depth (monodepth2 / Eigen et al. 2014 conventions, stated because peers differ):
 - valid pixels: ground truth finite and ``min_depth_m <= gt <= max_depth_m``;
 - predictions are clamped to ``[min_depth_m, max_depth_m]`` (non-finite ones
   count as ``max_depth_m``), so a method cannot hide pixels by leaving holes;
+  with ``clamp=False`` they are used as given and must be finite and > 0 on
+  every valid pixel;
 - RMSE-log uses the natural log (DEReD's code uses log10: say so when
   comparing with its published numbers);
 - metrics are computed per image, then averaged over images.
@@ -26,25 +28,51 @@ import numpy as np
 DEPTH_METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")
 
 
-def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray, min_depth_m: float = 0.5, max_depth_m: float = 4.0,
-                  mask: np.ndarray | None = None) -> dict[str, float]:
-    """Standard depth metrics of one image (``[H, W]`` metres); NaN values if no pixel is valid.
-
-    Also returns ``valid_px``, the number of pixels evaluated.
-    """
-    assert pred_m.shape == gt_m.shape, (pred_m.shape, gt_m.shape)
+def evaluation_mask(gt_m: np.ndarray, min_depth_m: float, max_depth_m: float) -> np.ndarray:
+    """``[H, W]`` bool: the pixels that count, ground truth finite and inside ``[min_depth_m, max_depth_m]`` (> 0)."""
     if not 0 < min_depth_m < max_depth_m:
         raise ValueError(f"need 0 < min_depth_m < max_depth_m (got {min_depth_m}, {max_depth_m})")
     gt = np.asarray(gt_m, dtype=np.float64)
-    valid = np.isfinite(gt) & (gt >= min_depth_m) & (gt <= max_depth_m)
+    return np.isfinite(gt) & (gt >= min_depth_m) & (gt <= max_depth_m)
+
+
+def clamp_prediction(pred_m: np.ndarray, min_depth_m: float, max_depth_m: float) -> np.ndarray:
+    """The prediction the metrics see: clamped to the range, non-finite values as ``max_depth_m`` (float64)."""
+    pred = np.asarray(pred_m, dtype=np.float64)
+    return np.clip(np.where(np.isfinite(pred), pred, max_depth_m), min_depth_m, max_depth_m)
+
+
+def abs_rel_map(pred_m: np.ndarray, gt_m: np.ndarray, min_depth_m: float, max_depth_m: float,
+                clamp: bool = True) -> np.ndarray:
+    """``[H, W]`` per-pixel ``|pred - gt| / gt`` as the metrics count it; NaN outside :func:`evaluation_mask`."""
+    assert pred_m.shape == gt_m.shape, (pred_m.shape, gt_m.shape)
+    valid = evaluation_mask(gt_m, min_depth_m, max_depth_m)
+    pred = clamp_prediction(pred_m, min_depth_m, max_depth_m) if clamp else np.asarray(pred_m, np.float64)
+    gt = np.where(valid, np.asarray(gt_m, np.float64), 1.0)
+    return np.where(valid, np.abs(pred - gt) / gt, np.nan)
+
+
+def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray, min_depth_m: float = 0.5, max_depth_m: float = 4.0,
+                  mask: np.ndarray | None = None, clamp: bool = True) -> dict[str, float]:
+    """Standard depth metrics of one image (``[H, W]`` metres); NaN values if no pixel is valid.
+
+    Also returns ``valid_px``, the number of pixels evaluated. ``clamp=False`` uses the prediction as
+    given and raises ValueError if a valid pixel's prediction is non-finite or <= 0.
+    """
+    assert pred_m.shape == gt_m.shape, (pred_m.shape, gt_m.shape)
+    valid = evaluation_mask(gt_m, min_depth_m, max_depth_m)
     if mask is not None:
         valid &= mask
     n = int(valid.sum())
     if n == 0:
         return {**{k: math.nan for k in DEPTH_METRIC_KEYS}, "valid_px": 0}
-    gt = gt[valid]
+    gt = np.asarray(gt_m, dtype=np.float64)[valid]
     pred = np.asarray(pred_m, dtype=np.float64)[valid]
-    pred = np.clip(np.where(np.isfinite(pred), pred, max_depth_m), min_depth_m, max_depth_m)
+    if clamp:
+        pred = clamp_prediction(pred, min_depth_m, max_depth_m)
+    elif not np.all(np.isfinite(pred) & (pred > 0)):
+        raise ValueError(f"{int((~(np.isfinite(pred) & (pred > 0))).sum())} valid pixels have a non-finite or "
+                         f"<= 0 prediction (clamp=False)")
     ratio = np.maximum(gt / pred, pred / gt)
     diff = pred - gt
     return {

@@ -1,0 +1,144 @@
+"""``gs-dfd predict``: depth and CoC from ONE defocused image.
+
+Three forms: a frame of a scene (camera and focus from scene.json), an image
+with a camera preset and focus distance, or a folder of such images. Each
+input gets ``depth.npy`` (float32 metres, the image's size), ``coc.npy``
+(float32 pixels), PNGs, ``image.png`` and ``camera.json`` (so ``gs-dfd
+export --predict`` can back-project it), and ``prediction.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from gs_dfd.console import console
+from gs_dfd.data.images import read_image, write_png
+from gs_dfd.data.scene import Camera, load_scene
+from gs_dfd.errors import InputError
+from gs_dfd.export.camera_json import write_camera_json
+from gs_dfd.optics.presets import PRESETS, get_preset
+from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.utils.atomic import atomic_output_dir, save_npy_atomic, write_json_atomic
+from gs_dfd.viz.colormap import coc_to_rgb, depth_to_rgb
+from gs_dfd.viz.panels import save_panel
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class PredictConfig:
+    """Predict depth from one defocused image: DefocusNet -> CoC map -> DepthNet (with the lens) -> depth."""
+
+    out: Path
+    """Output folder (one sub-folder per image when --image is a folder)."""
+    scene: Optional[Path] = None
+    """Scene folder: predict frame --frame with the scene's camera and that frame's focus distance."""
+    frame: int = 0
+    """Frame index within --scene."""
+    image: Optional[Path] = None
+    """An image file, or a folder of .png/.jpg images (needs --camera and --focus-distance-m)."""
+    camera: Optional[Literal[tuple(PRESETS)]] = None  # type: ignore[valid-type]
+    """Camera preset of --image (nyu, defocusnet, d3net); intrinsics and pixel pitch scale with the width."""
+    focus_distance_m: Optional[float] = None
+    """Focus distance of --image, metres."""
+    f_number: Optional[float] = None
+    """Override the preset's f-number for --image (e.g. 2.8 for the d3net f/2.8 photographs)."""
+    checkpoint: Optional[Path] = None
+    """Model weights (RUN/model.pt or RUN/checkpoint.pt); default: the pretrained weights shipped in the package."""
+    overwrite: bool = False
+    """Replace the output folder if it exists."""
+    debug: bool = False
+    """Show tracebacks instead of one-line errors."""
+
+
+@dataclass
+class _Input:
+    name: str
+    image: np.ndarray
+    camera: Camera
+    lens: ThinLens
+    world_to_cam: np.ndarray
+    source: str
+
+
+def _inputs(cfg: PredictConfig) -> list[_Input]:
+    if (cfg.scene is None) == (cfg.image is None):
+        raise InputError(None, "give exactly one of --scene DIR or --image IMG|DIR", "--scene/--image")
+    if cfg.scene is not None:
+        if cfg.camera or cfg.focus_distance_m or cfg.f_number:
+            raise InputError(None, "--camera/--focus-distance-m/--f-number are for --image; a scene has its own",
+                             "--camera")
+        scene = load_scene(cfg.scene)
+        if not 0 <= cfg.frame < len(scene.frames):
+            raise InputError(scene.json_path, f"has {len(scene.frames)} frames; --frame {cfg.frame} is out of range",
+                             "--frame")
+        img = read_image(scene.root / scene.frames[cfg.frame].image, field=f"frames[{cfg.frame}].image")
+        return [_Input(name="", image=img, camera=scene.camera, lens=scene.lens(cfg.frame),
+                       world_to_cam=scene.world_to_cam(cfg.frame), source=f"{cfg.scene} frame {cfg.frame}")]
+    if cfg.camera is None or cfg.focus_distance_m is None:
+        raise InputError(cfg.image, "--image needs --camera PRESET and --focus-distance-m D", "--camera")
+    preset = get_preset(cfg.camera)
+    if cfg.image.is_dir():
+        files = sorted(p for p in cfg.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(cfg.image, "folder holds no .png/.jpg image", "--image")
+    elif cfg.image.is_file():
+        files = [cfg.image]
+    else:
+        raise InputError(cfg.image, "image not found", "--image")
+    inputs = []
+    for f in files:
+        img = read_image(f, field="--image")
+        h, w = img.shape[:2]
+        camera = Camera(width=w, height=h, **preset.intrinsics(w, h), focal_length_m=preset.focal_length_m,
+                        f_number=cfg.f_number or preset.f_number, pixel_pitch_m=preset.pixel_pitch_at(w))
+        lens = ThinLens(camera.focal_length_m, camera.f_number, cfg.focus_distance_m, camera.pixel_pitch_m)
+        inputs.append(_Input(name=f.stem if len(files) > 1 or cfg.image.is_dir() else "", image=img, camera=camera,
+                             lens=lens, world_to_cam=np.eye(4), source=str(f)))
+    return inputs
+
+
+def _write(out: Path, item: _Input, pred, predictor, checkpoint_label: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(out / "depth.npy", pred.depth_m)
+    save_npy_atomic(out / "coc.npy", pred.coc_px)
+    lo, hi = np.percentile(pred.depth_m, [2, 98])
+    depth_rgb = depth_to_rgb(pred.depth_m, float(lo), float(hi))
+    coc_rgb = coc_to_rgb(pred.coc_px)
+    write_png(out / "depth.png", depth_rgb)
+    write_png(out / "coc.png", coc_rgb)
+    write_png(out / "image.png", item.image)
+    write_camera_json(out / "camera.json", item.camera, item.world_to_cam)
+    write_json_atomic(out / "prediction.json", {
+        "source": item.source, "checkpoint": checkpoint_label, "method": predictor.method,
+        "lens": {"focal_length_m": item.lens.focal_length_m, "f_number": item.lens.f_number,
+                 "focus_distance_m": item.lens.focus_distance_m, "pixel_pitch_m": item.lens.pixel_pitch_m},
+        "model_seconds": pred.model_seconds, "depth_range_m": [float(pred.depth_m.min()), float(pred.depth_m.max())],
+    })
+    save_panel(out / "panel.png", [item.image, coc_rgb, depth_rgb],
+               ["input", f"CoC (px, max {pred.coc_px.max():.1f})", f"depth {lo:.2f}-{hi:.2f} m"], columns=3,
+               suptitle=f"gs-dfd predict: focus {item.lens.focus_distance_m:g} m, f/{item.lens.f_number:g}")
+
+
+def run(cfg: PredictConfig) -> int:
+    from gs_dfd.infer.predictor import Predictor
+
+    inputs = _inputs(cfg)
+    predictor = Predictor(cfg.checkpoint)
+    label = str(cfg.checkpoint) if cfg.checkpoint else f"shipped:{predictor.path.name}"
+    console.print(f"loaded {label} in {predictor.load_seconds * 1000:.0f} ms")
+    times = []
+    t0 = time.perf_counter()
+    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+        for item in console.progress(inputs, "predict") if len(inputs) > 1 else inputs:
+            pred = predictor.predict(item.image, item.lens)
+            times.append(pred.model_seconds)
+            _write(tmp / item.name if item.name else tmp, item, pred, predictor, label)
+    console.print(f"predicted {len(inputs)} image(s) in {time.perf_counter() - t0:.1f} s "
+                  f"(model {np.median(times) * 1000:.0f} ms median per image) -> {cfg.out}")
+    return 0

@@ -1,0 +1,1 @@
+"""Inference: one defocused image and its lens -> CoC map -> depth."""

@@ -1,0 +1,1 @@
+"""Networks: DefocusNet (image -> CoC map) and DepthNet (CoC map + image + lens -> depth)."""

@@ -1,0 +1,142 @@
+"""Training scenes and random crops of frame pairs.
+
+Self-supervised means it: :func:`load_train_scene` reads the frames, the
+lens of every frame and the cached Gaussian fit, and only in
+``supervised=True`` mode (a comparison switch, and the supervised baselines)
+the ground-truth depth. It never reads ``all_in_focus``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gs_dfd.data.scene import Scene, load_scene
+from gs_dfd.errors import InputError
+from gs_dfd.export.gaussian_ply import read_gaussian_ply
+from gs_dfd.models.lens_code import lens_row
+
+
+@dataclass
+class TrainScene:
+    name: str
+    scene: Scene
+    frames: Tensor  # [F, H, W, 3] in [0, 1]
+    lenses: Tensor  # [F, 4] (focal_length_m, f_number, pixel_pitch_m, focus_distance_m)
+    means: Tensor  # [N, 3] world, metres (the cached fit)
+    quats: Tensor  # [N, 4]
+    scales: Tensor  # [N, 3]
+    opacities: Tensor  # [N]
+    colors: Tensor  # [N, 3]
+    fit_depth: Tensor  # [H, W] metres
+    fit_confidence: Tensor  # [H, W] in [0, 1]
+    depth_gt: Tensor | None = None  # [H, W]; only in supervised mode, 0 = invalid
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+
+def find_scenes(roots: list[Path] | tuple[Path, ...]) -> list[Path]:
+    """Scene folders: each root is a scene (has scene.json) or a folder of scenes."""
+    found: list[Path] = []
+    for root in roots:
+        root = Path(root)
+        if (root / "scene.json").is_file():
+            found.append(root)
+        elif root.is_dir():
+            found.extend(sorted(p for p in root.iterdir() if (p / "scene.json").is_file()))
+        else:
+            raise InputError(root, "not a scene folder nor a folder of scenes", "scenes")
+    if not found:
+        raise InputError(None, "no scene folder (with scene.json) found in " + ", ".join(map(str, roots)), "scenes")
+    names = [p.name for p in found]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(None, f"scene names must be unique (the fit cache is keyed by name): {', '.join(dup)}", "scenes")
+    return found
+
+
+def _rgb(frames: np.ndarray) -> np.ndarray:
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames[..., :3]
+
+
+def load_train_scene(scene_dir: Path, fit_dir: Path, supervised: bool = False) -> TrainScene:
+    scene = load_scene(scene_dir, check_files=False)  # frames are checked as they load; GT stays unread
+    frames = _rgb(scene.load_frames())
+    lenses = torch.stack([lens_row(scene.lens(i)) for i in range(len(scene.frames))])
+    cloud = read_gaussian_ply(fit_dir / "gaussians.ply")
+    h, w = frames.shape[1:3]
+    fit_depth = np.load(fit_dir / "depth.npy")
+    confidence = np.load(fit_dir / "confidence.npy")
+    for arr, name in ((fit_depth, "depth.npy"), (confidence, "confidence.npy")):
+        if arr.shape != (h, w):
+            raise InputError(fit_dir / name, f"is {arr.shape} but the scene is {h}x{w}: stale fit cache", "fit_cache")
+    gt = None
+    if supervised:
+        raw = scene.load_depth_gt()
+        if raw is None:
+            raise InputError(scene.json_path, "supervised training needs depth_gt", "depth_gt")
+        gt = torch.from_numpy(np.where(np.isfinite(raw) & (raw > 0), raw, 0).astype(np.float32))
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    return TrainScene(name=scene_dir.name, scene=scene, frames=t(frames), lenses=lenses, means=t(cloud.means),
+                      quats=t(cloud.quats), scales=t(cloud.scales), opacities=t(cloud.opacities), colors=t(cloud.colors),
+                      fit_depth=t(fit_depth), fit_confidence=t(confidence), depth_gt=gt)
+
+
+@dataclass
+class CropRef:
+    scene: int
+    frames: tuple[int, int]
+    x0: int
+    y0: int
+    flip: bool
+
+
+@dataclass
+class Batch:
+    """Frame pairs of B crops; the second axis is the siamese pair."""
+
+    images: Tensor  # [B, 2, 3, h, w] (flipped where ref.flip)
+    lenses: Tensor  # [B, 2, 4]
+    fit_depth: Tensor  # [B, 1, h, w]
+    fit_confidence: Tensor  # [B, 1, h, w]
+    depth_gt: Tensor | None  # [B, 1, h, w] (supervised mode only)
+    refs: list[CropRef]
+
+
+def _flip(x: Tensor, flip: bool) -> Tensor:
+    return x.flip(-1) if flip else x
+
+
+def sample_batch(scenes: list[TrainScene], rng: np.random.Generator, batch_size: int, crop_hw: tuple[int, int],
+                 flips: bool = True) -> Batch:
+    ch, cw = crop_hw
+    imgs, lenses, fd, fc, gts, refs = [], [], [], [], [], []
+    for _ in range(batch_size):
+        k = int(rng.integers(len(scenes)))
+        sc = scenes[k]
+        h, w = sc.hw
+        if h < ch or w < cw:
+            raise InputError(sc.scene.json_path, f"scene is {w}x{h}, smaller than the crop {cw}x{ch}", "crop_hw")
+        nf = sc.frames.shape[0]
+        if nf < 2:
+            raise InputError(sc.scene.json_path, "siamese training needs at least two frames per scene", "frames")
+        i, j = (int(v) for v in rng.choice(nf, size=2, replace=False))
+        y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        flip = bool(flips and rng.random() < 0.5)
+        win = (slice(y0, y0 + ch), slice(x0, x0 + cw))
+        imgs.append(torch.stack([_flip(sc.frames[f][win].permute(2, 0, 1), flip) for f in (i, j)]))
+        lenses.append(sc.lenses[[i, j]])
+        fd.append(_flip(sc.fit_depth[win][None], flip))
+        fc.append(_flip(sc.fit_confidence[win][None], flip))
+        if sc.depth_gt is not None:
+            gts.append(_flip(sc.depth_gt[win][None], flip))
+        refs.append(CropRef(scene=k, frames=(i, j), x0=x0, y0=y0, flip=flip))
+    return Batch(images=torch.stack(imgs), lenses=torch.stack(lenses), fit_depth=torch.stack(fd),
+                 fit_confidence=torch.stack(fc), depth_gt=torch.stack(gts) if len(gts) == batch_size else None,
+                 refs=refs)

@@ -1,0 +1,230 @@
+"""The training loop: one process, or many under ``torchrun`` (DistributedDataParallel).
+
+Each process draws its own crops from a sampler seeded by (seed, rank, step),
+so a run is reproducible on CPU and resumes exactly from a checkpoint. Rank 0
+fits the uncached scenes, writes logs and checkpoints; the others wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gs_dfd.console import console
+from gs_dfd.errors import GsDfdError, InputError, Interrupted
+from gs_dfd.models.lens_code import coc_scale_px
+from gs_dfd.train import losses as L
+from gs_dfd.train.checkpoint import SiameseDepthModel, export_weights, load_checkpoint, save_checkpoint
+from gs_dfd.train.config import TrainConfig
+from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
+from gs_dfd.train.fit_cache import ensure_fits
+from gs_dfd.train.rerender import render_crop
+from gs_dfd.utils.atomic import write_json_atomic
+from gs_dfd.utils.tb_events import ScalarWriter
+
+
+def _to_jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def validate(cfg: TrainConfig) -> None:
+    for name, value in (("--steps", cfg.steps), ("--batch-size", cfg.batch_size), ("--fit-iterations", cfg.fit_iterations),
+                        ("--checkpoint-every", cfg.checkpoint_every), ("--log-every", cfg.log_every)):
+        if value <= 0:
+            raise InputError(None, f"must be > 0 (got {value})", name)
+    if min(cfg.crop_hw) < 32:
+        raise InputError(None, f"crop must be at least 32x32 pixels (got {cfg.crop_hw})", "--crop-hw")
+    if not cfg.lr > 0 or not 0 < cfg.lr_final_ratio <= 1:
+        raise InputError(None, "need lr > 0 and 0 < lr_final_ratio <= 1", "--lr")
+    if not cfg.scenes:
+        raise InputError(cfg.config, "no training scenes: give --scenes (or scenes: in the YAML)", "scenes")
+    ckpt = cfg.out / "checkpoint.pt"
+    if cfg.resume and not ckpt.is_file():
+        raise InputError(ckpt, "nothing to resume (no checkpoint)", "--resume")
+    if not cfg.resume and not cfg.overwrite and ckpt.exists():
+        raise InputError(cfg.out, "run folder already has a checkpoint: pass --resume to continue or --overwrite", "--out")
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    t = step / max(cfg.steps - 1, 1)
+    return cfg.lr * (cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def compute_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch; ``total`` is their weighted sum."""
+    w = cfg.weights
+    b, _, c, h, wd = batch.images.shape
+    out = model(batch.images.reshape(2 * b, c, h, wd), batch.lenses.reshape(2 * b, 4))
+    coc = out["coc"].view(b, 2, 1, h, wd)
+    depth = out["depth"].view(b, 2, 1, h, wd)
+    lens = [batch.lenses[:, 0], batch.lenses[:, 1]]
+    terms: dict[str, torch.Tensor] = {}
+
+    if w.render > 0:
+        renders = torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend) for k, r in enumerate(batch.refs)])
+        target = batch.images.permute(0, 1, 3, 4, 2)  # [B, 2, h, w, 3]
+        terms["render"] = L.render_loss(renders.reshape(2 * b, h, wd, 3), target.reshape(2 * b, h, wd, 3), w.render_ssim)
+    terms["siamese"] = L.siamese_loss(depth[:, 0], depth[:, 1])
+    cocs_fixed = [coc[:, 0].detach(), coc[:, 1].detach()]
+    terms["coc_consistency"] = 0.5 * (L.coc_consistency_loss(depth[:, 0], cocs_fixed, lens)
+                                      + L.coc_consistency_loss(depth[:, 1], cocs_fixed, lens))
+    if batch.depth_gt is not None:  # --supervised comparison
+        anchor, weight = batch.depth_gt, (batch.depth_gt > 0).float()
+    else:
+        conf = batch.fit_confidence
+        anchor, weight = batch.fit_depth, conf * (conf >= w.anchor_min_confidence)
+    a_depth, a_coc = zip(*(L.anchor_losses(depth[:, k], coc[:, k], lens[k], anchor, weight) for k in range(2)))
+    terms["anchor_depth"] = 0.5 * (a_depth[0] + a_depth[1])
+    terms["anchor_coc"] = 0.5 * (a_coc[0] + a_coc[1])
+    imgs = batch.images.reshape(2 * b, c, h, wd)
+    k_px = coc_scale_px(batch.lenses.reshape(2 * b, 4)).view(-1, 1, 1, 1)
+    terms["smooth"] = (L.edge_aware_smoothness(1.0 / out["depth"], imgs)
+                       + L.edge_aware_smoothness(out["coc"] / k_px + 0.05, imgs))
+    weights = {"render": w.render, "siamese": w.siamese, "coc_consistency": w.coc_consistency,
+               "anchor_depth": w.anchor_depth, "anchor_coc": w.anchor_coc, "smooth": w.smooth}
+    terms["total"] = sum(weights[k] * v for k, v in terms.items())
+    return terms
+
+
+class _Run:
+    """Process-group bookkeeping: rank, world size, and collective helpers that are no-ops alone."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        if not self.distributed:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64)
+        dist.all_reduce(t)
+        return dict(zip(values, (t / self.world).tolist()))
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig) -> dict:
+    validate(cfg)
+    run = _Run()
+    try:
+        return _train(cfg, run)
+    finally:
+        run.close()
+
+
+def _train(cfg: TrainConfig, run: _Run) -> dict:
+    t_start = time.perf_counter()
+    scene_dirs = find_scenes(cfg.scenes)
+    cache = cfg.fit_cache or cfg.out / "fits"
+    resolved = _to_jsonable(cfg)
+    if run.main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
+        ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend)
+    run.barrier()
+    t_fit = time.perf_counter() - t_start
+    scenes = [load_train_scene(s, e, supervised=cfg.supervised)
+              for s, e in zip(scene_dirs, [cache / s.name for s in scene_dirs])]
+
+    torch.manual_seed(cfg.seed)
+    model = SiameseDepthModel(cfg.defocus_net, cfg.depth_net)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start, seconds_before = 0, 0.0
+    if cfg.resume:
+        ck = load_checkpoint(cfg.out / "checkpoint.pt", "--resume")
+        if ck.get("model_config") != model.model_config():
+            raise InputError(cfg.out / "checkpoint.pt", "was trained with different network settings", "--resume")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        start, seconds_before = int(ck["step"]), float(ck.get("train_seconds", 0.0))
+        if run.main:
+            console.print(f"resuming from step {start} of {cfg.steps}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if run.distributed else model
+
+    writer = ScalarWriter(cfg.out / "tb") if run.main else None
+    bar = None
+    if run.main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True, leave=False)
+    step = start
+    t_loop = time.perf_counter()
+
+    def extra() -> dict:
+        return {"train_seconds": seconds_before + time.perf_counter() - t_loop, "fit_cache_seconds": t_fit,
+                "scenes": [s.name for s in scenes], "world_size": run.world,
+                "threads_per_process": torch.get_num_threads()}
+
+    try:
+        for step in range(start, cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(cfg, step)
+            rng = np.random.default_rng([cfg.seed, run.rank, step])
+            batch = sample_batch(scenes, rng, cfg.batch_size, cfg.crop_hw, cfg.flips)
+            terms = compute_losses(net, batch, scenes, cfg)
+            if not torch.isfinite(terms["total"]):
+                raise GsDfdError(f"loss is not finite at step {step}: lower --lr (was {cfg.lr})")
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                values = run.mean({k: float(v.detach()) for k, v in terms.items()})
+                if run.main:
+                    record = {"step": done, "lr": _lr(cfg, step), **values}
+                    with open(cfg.out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    writer.scalars(done, {f"loss/{k}": v for k, v in values.items()} | {"lr": record["lr"]})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(terms['total']):.4f}", render=f"{float(terms.get('render', 0.0)):.4f}")
+            if run.main and done % cfg.checkpoint_every == 0:
+                save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, done, resolved, extra())
+            step = done
+    except KeyboardInterrupt:
+        if run.main:
+            save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, step, resolved, extra())
+            if bar is not None:
+                bar.close()
+        raise Interrupted(f"interrupted at step {step}: checkpoint saved to {cfg.out / 'checkpoint.pt'}; "
+                          f"continue with --resume") from None
+    if bar is not None:
+        bar.close()
+    summary = {"steps": cfg.steps, **extra()}
+    if run.main:
+        save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, cfg.steps, resolved, extra())
+        export_weights(cfg.out / "model.pt", model, {"method": cfg.method, "steps": cfg.steps, **extra(),
+                                                     "config": resolved})
+        write_json_atomic(cfg.out / "summary.json", summary)
+        writer.close()
+    run.barrier()
+    return summary
+
+

@@ -1,0 +1,82 @@
+"""The five self-supervised losses; their weights live in the training config.
+
+(a) re-render: the fitted Gaussians blurred by the predicted CoC reproduce the
+    real frame (SSIM + L1, as monodepth2 weighs them);
+(b) siamese: the depths read from the two frames of a pair agree;
+(c) thin-lens consistency: DepthNet's depth reproduces both predicted CoC maps;
+(d) anchor: the per-scene fit's depth (and its CoC) where the fit is confident;
+(e) edge-aware smoothness of log depth and of the normalised CoC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gs_dfd.fit.losses import ssim_torch
+from gs_dfd.models.lens_code import coc_px_from_depth, coc_scale_px
+
+
+@dataclass
+class LossWeights:
+    render: float = 1.0
+    """(a) re-rendering the fitted Gaussians with the predicted CoC."""
+    render_ssim: float = 0.85
+    """Share of (1 - SSIM) in (a); the rest is L1."""
+    siamese: float = 0.1
+    """(b) agreement of the two branches' depths (|log d_i - log d_j|)."""
+    coc_consistency: float = 0.5
+    """(c) DepthNet's depth reproduces both predicted CoC maps (in units of K)."""
+    anchor_depth: float = 0.5
+    """(d) |log d - log d_fit| weighted by the fit's confidence."""
+    anchor_coc: float = 0.5
+    """(d) |c - c(d_fit)| / K weighted by the fit's confidence."""
+    smooth: float = 0.02
+    """(e) edge-aware smoothness of log depth and normalised CoC."""
+    anchor_min_confidence: float = 0.2
+    """Fit pixels below this confidence give no anchor."""
+
+
+def render_loss(pred: Tensor, target: Tensor, ssim_share: float, border_px: int = 8) -> Tensor:
+    """pred/target ``[M, h, w, 3]``; the crop's border sees Gaussians cut off by the crop: skip it."""
+    b = border_px
+    p, t = pred[:, b:-b, b:-b], target[:, b:-b, b:-b]
+    l1 = (p - t).abs().mean()
+    return (1 - ssim_share) * l1 + ssim_share * (1 - ssim_torch(p, t)) / 2
+
+
+def siamese_loss(depth_a: Tensor, depth_b: Tensor) -> Tensor:
+    return (torch.log(depth_a) - torch.log(depth_b)).abs().mean()
+
+
+def coc_consistency_loss(depth: Tensor, cocs: list[Tensor], lenses: list[Tensor]) -> Tensor:
+    """depth ``[B, 1, h, w]`` against each (CoC map ``[B, 1, h, w]``, lenses ``[B, 4]``), in units of K."""
+    total = depth.new_zeros(())
+    for coc, lens in zip(cocs, lenses):
+        k = coc_scale_px(lens).view(-1, 1, 1, 1)
+        total = total + ((coc_px_from_depth(depth, lens) - coc) / k).abs().mean()
+    return total / len(cocs)
+
+
+def _weighted_mean(err: Tensor, weight: Tensor) -> Tensor:
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def anchor_losses(depth: Tensor, coc: Tensor, lenses: Tensor, anchor_depth: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """depth/coc/anchor_depth/weight ``[B, 1, h, w]``, lenses ``[B, 4]``; weight 0 = no anchor."""
+    safe = anchor_depth.clamp_min(1e-3)
+    depth_err = (torch.log(depth) - torch.log(safe)).abs()
+    k = coc_scale_px(lenses).view(-1, 1, 1, 1)
+    coc_err = ((coc - coc_px_from_depth(safe, lenses)) / k).abs()
+    return _weighted_mean(depth_err, weight), _weighted_mean(coc_err, weight)
+
+
+def edge_aware_smoothness(value: Tensor, image: Tensor) -> Tensor:
+    """value ``[B, 1, h, w]`` (mean-normalised per image, as monodepth2), image ``[B, 3, h, w]``."""
+    v = value / value.mean(dim=(2, 3), keepdim=True).abs().clamp_min(1e-3)
+    dx, dy = (v[..., :, 1:] - v[..., :, :-1]).abs(), (v[..., 1:, :] - v[..., :-1, :]).abs()
+    ix = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(1, keepdim=True)
+    iy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(1, keepdim=True)
+    return (dx * torch.exp(-ix / 0.05)).mean() + (dy * torch.exp(-iy / 0.05)).mean()
