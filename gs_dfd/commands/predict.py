@@ -1,10 +1,14 @@
 """``gs-dfd predict``: depth and CoC from ONE defocused image.
 
-Three forms: a frame of a scene (camera and focus from scene.json), an image
-with a camera preset and focus distance, or a folder of such images. Each
+Forms: a frame of a scene (camera and focus from scene.json; a folder of
+scenes gives one prediction per scene, the layout ``gs-dfd eval --predictions``
+reads), an image with a camera preset and focus distance, or a folder of such
+images. ``--pair-frame`` adds a second frame of the scene as the siamese pair. Each
 input gets ``depth.npy`` (float32 metres, the image's size), ``coc.npy``
 (float32 pixels), PNGs, ``image.png`` and ``camera.json`` (so ``gs-dfd
-export --predict`` can back-project it), and ``prediction.json``.
+export --predict`` can back-project it), and ``prediction.json``; a d3net
+model adds ``uncertainty.npy`` (float32 metres: the per-pixel std of depth
+over ``--mc-samples`` Monte-Carlo dropout passes) and ``uncertainty.png``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.optics.presets import PRESETS, get_preset
 from gs_dfd.optics.thin_lens import ThinLens
 from gs_dfd.utils.atomic import atomic_output_dir, save_npy_atomic, write_json_atomic
-from gs_dfd.viz.colormap import coc_to_rgb, depth_to_rgb
+from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -32,14 +36,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 @dataclass
 class PredictConfig:
-    """Predict depth from one defocused image: DefocusNet -> CoC map -> DepthNet (with the lens) -> depth."""
+    """Predict depth from one defocused image with a trained model; the checkpoint's method decides the network:
+    gs-siamese/dered: DefocusNet -> CoC map -> DepthNet (with the lens) -> depth; d3net: depth with Monte-Carlo
+    dropout uncertainty (also writes uncertainty.npy/png); mddnet: depth and CoC decoders."""
 
     out: Path
     """Output folder (one sub-folder per image when --image is a folder)."""
     scene: Optional[Path] = None
-    """Scene folder: predict frame --frame with the scene's camera and that frame's focus distance."""
+    """Scene folder: predict frame --frame with the scene's camera and that frame's focus distance. A folder of
+    scene folders predicts every scene into OUT/<scene name>/."""
     frame: int = 0
     """Frame index within --scene."""
+    pair_frame: Optional[int] = None
+    """Also read this frame of --scene (the siamese pair; two focus distances or apertures): depth = geometric
+    mean of both branches."""
     image: Optional[Path] = None
     """An image file, or a folder of .png/.jpg images (needs --camera and --focus-distance-m)."""
     camera: Optional[Literal[tuple(PRESETS)]] = None  # type: ignore[valid-type]
@@ -50,6 +60,10 @@ class PredictConfig:
     """Override the preset's f-number for --image (e.g. 2.8 for the d3net f/2.8 photographs)."""
     checkpoint: Optional[Path] = None
     """Model weights (RUN/model.pt or RUN/checkpoint.pt); default: the pretrained weights shipped in the package."""
+    mc_samples: Optional[int] = None
+    """Monte-Carlo dropout passes per image for models trained with dropout (d3net; default 8): depth is their
+    mean, uncertainty.npy their per-pixel std (metres); 1 = dropout off (std 0). Ignored, with a note, by
+    methods without dropout."""
     overwrite: bool = False
     """Replace the output folder if it exists."""
     debug: bool = False
@@ -64,6 +78,26 @@ class _Input:
     lens: ThinLens
     world_to_cam: np.ndarray
     source: str
+    pair: tuple[np.ndarray, ThinLens] | None = None
+
+
+def _scene_input(folder: Path, name: str, cfg: PredictConfig) -> _Input:
+    scene = load_scene(folder, check_files=False)  # prediction reads the frames it needs, never depth_gt
+    for k, flag in ((cfg.frame, "--frame"), (cfg.pair_frame, "--pair-frame")):
+        if k is not None and not 0 <= k < len(scene.frames):
+            raise InputError(scene.json_path, f"has {len(scene.frames)} frames; {flag} {k} is out of range", flag)
+    if cfg.pair_frame == cfg.frame:
+        raise InputError(None, "--pair-frame must differ from --frame", "--pair-frame")
+    img = read_image(scene.root / scene.frames[cfg.frame].image, field=f"frames[{cfg.frame}].image")
+    pair = None
+    if cfg.pair_frame is not None:
+        k = cfg.pair_frame
+        pair = (read_image(scene.root / scene.frames[k].image, field=f"frames[{k}].image"), scene.lens(k))
+        if scene.world_to_cam(k).tolist() != scene.world_to_cam(cfg.frame).tolist():
+            raise InputError(scene.json_path, "--pair-frame must share --frame's world_to_cam (one view)", "--pair-frame")
+    source = f"{folder} frame {cfg.frame}" + (f" + frame {cfg.pair_frame}" if pair else "")
+    return _Input(name=name, image=img, camera=scene.camera, lens=scene.lens(cfg.frame),
+                  world_to_cam=scene.world_to_cam(cfg.frame), source=source, pair=pair)
 
 
 def _inputs(cfg: PredictConfig) -> list[_Input]:
@@ -73,13 +107,14 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
         if cfg.camera or cfg.focus_distance_m or cfg.f_number:
             raise InputError(None, "--camera/--focus-distance-m/--f-number are for --image; a scene has its own",
                              "--camera")
-        scene = load_scene(cfg.scene)
-        if not 0 <= cfg.frame < len(scene.frames):
-            raise InputError(scene.json_path, f"has {len(scene.frames)} frames; --frame {cfg.frame} is out of range",
-                             "--frame")
-        img = read_image(scene.root / scene.frames[cfg.frame].image, field=f"frames[{cfg.frame}].image")
-        return [_Input(name="", image=img, camera=scene.camera, lens=scene.lens(cfg.frame),
-                       world_to_cam=scene.world_to_cam(cfg.frame), source=f"{cfg.scene} frame {cfg.frame}")]
+        if cfg.scene.is_dir() and not (cfg.scene / "scene.json").exists():
+            subs = sorted(p for p in cfg.scene.iterdir() if (p / "scene.json").is_file())
+            if not subs:
+                raise InputError(cfg.scene, "neither a scene (no scene.json) nor a folder of scenes", "--scene")
+            return [_scene_input(p, p.name, cfg) for p in subs]
+        return [_scene_input(cfg.scene, "", cfg)]
+    if cfg.pair_frame is not None:
+        raise InputError(None, "--pair-frame needs --scene (the pair's lenses come from scene.json)", "--pair-frame")
     if cfg.camera is None or cfg.focus_distance_m is None:
         raise InputError(cfg.image, "--image needs --camera PRESET and --focus-distance-m D", "--camera")
     preset = get_preset(cfg.camera)
@@ -119,24 +154,40 @@ def _write(out: Path, item: _Input, pred, predictor, checkpoint_label: str) -> N
         "lens": {"focal_length_m": item.lens.focal_length_m, "f_number": item.lens.f_number,
                  "focus_distance_m": item.lens.focus_distance_m, "pixel_pitch_m": item.lens.pixel_pitch_m},
         "model_seconds": pred.model_seconds, "depth_range_m": [float(pred.depth_m.min()), float(pred.depth_m.max())],
+        "coc_source": pred.coc_source, "mc_samples": pred.mc_samples,
+        **({"uncertainty_median_m": float(np.median(pred.uncertainty_m))} if pred.uncertainty_m is not None else {}),
     })
-    save_panel(out / "panel.png", [item.image, coc_rgb, depth_rgb],
-               ["input", f"CoC (px, max {pred.coc_px.max():.1f})", f"depth {lo:.2f}-{hi:.2f} m"], columns=3,
-               suptitle=f"gs-dfd predict: focus {item.lens.focus_distance_m:g} m, f/{item.lens.f_number:g}")
+    tiles, titles = [item.image, coc_rgb, depth_rgb], ["input", f"CoC (px, max {pred.coc_px.max():.1f})",
+                                                       f"depth {lo:.2f}-{hi:.2f} m"]
+    if pred.uncertainty_m is not None:
+        save_npy_atomic(out / "uncertainty.npy", pred.uncertainty_m)
+        u_hi = max(float(np.percentile(pred.uncertainty_m, 98)), 1e-6)
+        unc_rgb = colorize(pred.uncertainty_m, 0.0, u_hi, cmap="viridis")
+        write_png(out / "uncertainty.png", unc_rgb)
+        tiles.append(unc_rgb)
+        titles.append(f"std of depth (m, {pred.mc_samples} MC passes; max {pred.uncertainty_m.max():.2f})")
+    save_panel(out / "panel.png", tiles, titles, columns=len(tiles),
+               suptitle=f"gs-dfd predict ({predictor.method}): focus {item.lens.focus_distance_m:g} m, "
+                        f"f/{item.lens.f_number:g}")
 
 
 def run(cfg: PredictConfig) -> int:
     from gs_dfd.infer.predictor import Predictor
 
+    if cfg.mc_samples is not None and cfg.mc_samples < 1:
+        raise InputError(None, f"must be >= 1 (got {cfg.mc_samples})", "--mc-samples")
     inputs = _inputs(cfg)
     predictor = Predictor(cfg.checkpoint)
     label = str(cfg.checkpoint) if cfg.checkpoint else f"shipped:{predictor.path.name}"
-    console.print(f"loaded {label} in {predictor.load_seconds * 1000:.0f} ms")
+    console.print(f"loaded {label} ({predictor.method}) in {predictor.load_seconds * 1000:.0f} ms")
+    if cfg.mc_samples is not None and not predictor.uses_dropout:
+        console.print(f"note: --mc-samples ignored: a {predictor.method} model has no dropout (one pass per image)")
     times = []
     t0 = time.perf_counter()
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         for item in console.progress(inputs, "predict") if len(inputs) > 1 else inputs:
-            pred = predictor.predict(item.image, item.lens)
+            pred = (predictor.predict_pair((item.image, item.pair[0]), (item.lens, item.pair[1]), cfg.mc_samples)
+                    if item.pair else predictor.predict(item.image, item.lens, cfg.mc_samples))
             times.append(pred.model_seconds)
             _write(tmp / item.name if item.name else tmp, item, pred, predictor, label)
     console.print(f"predicted {len(inputs)} image(s) in {time.perf_counter() - t0:.1f} s "

@@ -1,7 +1,16 @@
-"""Run a trained DefocusNet + DepthNet on single images.
+"""Run a trained network on single images; the checkpoint's method decides which.
 
-With no checkpoint given, the weights that ship in the package
-(``gs_dfd/weights/``) are used; nothing is ever downloaded.
+- ``gs-siamese`` / ``dered``: DefocusNet -> CoC map -> DepthNet (with the lens) -> depth;
+- ``d3net``: depth from the image alone, Monte-Carlo dropout: the mean of N passes with dropout on, and their
+  per-pixel standard deviation as the uncertainty (Carvalho et al. 2018);
+- ``mddnet``: one encoder, a depth decoder and a defocus (CoC) decoder (He et al. 2022).
+
+Every method returns a depth and a CoC map; where a network predicts no CoC (d3net) it is the thin-lens CoC
+of the predicted depth under the input's lens, and ``coc_source`` says so. Likewise the near/far gate is a
+network output only for the siamese methods; the baselines' is the side of the focus plane their depth is on.
+
+With no checkpoint given, the weights that ship in the package (``gs_dfd/weights/``) are used; nothing is
+ever downloaded.
 """
 
 from __future__ import annotations
@@ -14,11 +23,13 @@ import numpy as np
 import torch
 
 from gs_dfd.errors import InputError
-from gs_dfd.models.lens_code import lens_row
+from gs_dfd.models.lens_code import coc_px_from_depth, lens_row
 from gs_dfd.optics.thin_lens import ThinLens
-from gs_dfd.train.checkpoint import SiameseDepthModel, model_from_checkpoint
+from gs_dfd.train.checkpoint import model_from_checkpoint
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "gs_siamese_nyu.pt"
+MC_SAMPLES_DEFAULT = {"d3net": 8}
+"""Monte-Carlo dropout passes per image of the methods trained with dropout (others: one pass)."""
 
 
 @dataclass
@@ -27,6 +38,9 @@ class Prediction:
     coc_px: np.ndarray  # [H, W] float32, unsigned
     far_gate: np.ndarray  # [H, W] in [-1, 1]: +1 behind the focus plane, -1 in front
     model_seconds: float
+    uncertainty_m: np.ndarray | None = None  # [H, W] float32: std of depth over MC-dropout passes (d3net)
+    coc_source: str = "network"  # or "thin lens of the predicted depth"
+    mc_samples: int = 1
 
 
 class Predictor:
@@ -36,22 +50,61 @@ class Predictor:
             raise InputError(path, "the package ships no trained weights (train one with gs-dfd train and pass "
                                    "--checkpoint RUN/model.pt)", "--checkpoint")
         t0 = time.perf_counter()
-        self.model: SiameseDepthModel
+        self.model: torch.nn.Module
         self.model, ck = model_from_checkpoint(path)
         self.load_seconds = time.perf_counter() - t0
         self.path = path
         self.meta = ck.get("meta", {})
-        self.method = ck.get("method", "gs-siamese")
+        self.method = ck.get("method") or "gs-siamese"
+
+    @property
+    def uses_dropout(self) -> bool:
+        """Whether ``mc_samples`` means anything for this model (Monte-Carlo dropout)."""
+        return self.method in MC_SAMPLES_DEFAULT and getattr(self.model.cfg, "dropout", 0.0) > 0
 
     @torch.inference_mode()
-    def predict(self, image: np.ndarray, lens: ThinLens) -> Prediction:
-        """image ``[H, W, C]`` in [0, 1] (gray is repeated to RGB)."""
+    def predict(self, image: np.ndarray, lens: ThinLens, mc_samples: int | None = None) -> Prediction:
+        """image ``[H, W, C]`` in [0, 1] (gray is repeated to RGB). ``mc_samples``: MC-dropout passes (d3net;
+        default 8, 1 = dropout off); ignored by methods without dropout."""
         assert image.ndim == 3, image.shape
+        assert mc_samples is None or mc_samples >= 1, mc_samples
         rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+        lenses = lens_row(lens)[None]  # [1, 4]
         t0 = time.perf_counter()
-        out = self.model(x, lens_row(lens)[None])
+        uncertainty, coc_source, samples = None, "network", 1
+        if self.method == "d3net":
+            samples = (mc_samples or MC_SAMPLES_DEFAULT["d3net"]) if self.uses_dropout else 1
+            depth, std = self.model.mc_predict(x, samples)
+            uncertainty = std
+            coc, coc_source = coc_px_from_depth(depth, lenses), "thin lens of the predicted depth"
+            gate = None
+        else:
+            out = self.model(x, lenses)
+            depth, coc, gate = out["depth"], out["coc"], out.get("gate")
         seconds = time.perf_counter() - t0
-        return Prediction(depth_m=out["depth"][0, 0].numpy().astype(np.float32),
-                          coc_px=out["coc"][0, 0].numpy().astype(np.float32),
-                          far_gate=out["gate"][0, 0].numpy().astype(np.float32), model_seconds=seconds)
+        if gate is None:  # the baselines' depth itself says which side of the focus plane it is on
+            gate = torch.sign(depth - lens.focus_distance_m)
+        f32 = lambda t: t[0, 0].numpy().astype(np.float32)  # noqa: E731
+        return Prediction(depth_m=f32(depth), coc_px=f32(coc), far_gate=f32(gate), model_seconds=seconds,
+                          uncertainty_m=None if uncertainty is None else f32(uncertainty), coc_source=coc_source,
+                          mc_samples=samples)
+
+    def predict_pair(self, images: tuple[np.ndarray, np.ndarray], lenses: tuple[ThinLens, ThinLens],
+                     mc_samples: int | None = None) -> Prediction:
+        """Two frames of one view (the siamese pair: two focus distances or apertures), each ``[H, W, C]``:
+        depth = geometric mean of both branches' depths; CoC and gate are the first frame's (its lens is the one
+        reported); model time is both passes'. MC-dropout std (d3net) propagates to the geometric mean as
+        ``d * sqrt((s_a/d_a)^2 + (s_b/d_b)^2) / 2`` (independent passes)."""
+        assert len(images) == len(lenses) == 2, (len(images), len(lenses))
+        a = self.predict(images[0], lenses[0], mc_samples)
+        b = self.predict(images[1], lenses[1], mc_samples)
+        assert a.depth_m.shape == b.depth_m.shape, (a.depth_m.shape, b.depth_m.shape)
+        depth = np.sqrt(a.depth_m * b.depth_m).astype(np.float32)
+        unc = None
+        if a.uncertainty_m is not None and b.uncertainty_m is not None:
+            rel = np.sqrt((a.uncertainty_m / a.depth_m) ** 2 + (b.uncertainty_m / b.depth_m) ** 2) / 2
+            unc = (depth * rel).astype(np.float32)
+        return Prediction(depth_m=depth, coc_px=a.coc_px, far_gate=a.far_gate,
+                          model_seconds=a.model_seconds + b.model_seconds, uncertainty_m=unc, coc_source=a.coc_source,
+                          mc_samples=a.mc_samples)

@@ -29,6 +29,8 @@ class DefocusNetConfig:
     """Channels per U-Net level (the depth of the U-Net is their count)."""
     max_coc_px: float = 40.0
     """Largest CoC the head can output (pixels)."""
+    coc_unit_px: float = 4.0
+    """Output scale: the head predicts CoC / coc_unit_px, so a fresh network starts near a typical blur."""
 
 
 class DefocusNet(nn.Module):
@@ -41,7 +43,7 @@ class DefocusNet(nn.Module):
         """image ``[B, 3, H, W]`` in [0, 1] -> unsigned CoC diameter ``[B, 1, H, W]`` (pixels)."""
         assert image.dim() == 4 and image.shape[1] == 3, image.shape
         raw = self.unet(standardise(image))
-        return F.softplus(raw + 1.0).clamp_max(self.cfg.max_coc_px)
+        return (self.cfg.coc_unit_px * F.softplus(raw)).clamp_max(self.cfg.max_coc_px)
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

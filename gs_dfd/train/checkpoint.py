@@ -1,8 +1,9 @@
 """Training checkpoints and the weights-only model files ``predict`` loads.
 
-A checkpoint holds the networks, the optimiser, the step and the resolved
-config: resuming from it continues exactly (the data sampler is a pure
-function of (seed, rank, step)). :func:`export_weights` keeps only what
+A checkpoint holds the networks, the optimiser, the step, the method (it
+decides which network :func:`build_model` makes) and the resolved config:
+resuming from it continues exactly (the data sampler is a pure function of
+(seed, rank, step)). :func:`export_weights` keeps only what
 inference needs, in float16 (halves the file; predictions change by < 1e-3).
 """
 
@@ -10,17 +11,23 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gs_dfd.errors import InputError
+from gs_dfd.models.d3net import D3Net, D3NetConfig
 from gs_dfd.models.defocus_net import DefocusNet, DefocusNetConfig
 from gs_dfd.models.depth_net import DepthNet, DepthNetConfig
+from gs_dfd.models.mddnet import MDDNet, MDDNetConfig
 from gs_dfd.utils.atomic import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from gs_dfd.train.config import TrainConfig
 
 FORMAT = "gs_dfd.train/1"
 WEIGHTS_FORMAT = "gs_dfd.weights/1"
+METHODS = ("gs-siamese", "dered", "d3net", "mddnet")
 
 
 class SiameseDepthModel(torch.nn.Module):
@@ -41,13 +48,35 @@ class SiameseDepthModel(torch.nn.Module):
         return {"defocus_net": self.defocus.config_dict(), "depth_net": self.depth.config_dict()}
 
 
-def build_model(model_config: dict) -> SiameseDepthModel:
-    d = dict(model_config.get("defocus_net", {}))
-    z = dict(model_config.get("depth_net", {}))
-    for cfg, key in ((d, "defocus_widths"), (z, "depth_widths")):
-        if key in cfg:
-            cfg[key] = tuple(cfg[key])
-    return SiameseDepthModel(DefocusNetConfig(**d), DepthNetConfig(**z))
+def _section(model_config: dict, name: str, tuple_keys: tuple[str, ...]) -> dict:
+    sec = dict(model_config.get(name, {}))
+    for key in tuple_keys:
+        if key in sec:
+            sec[key] = tuple(sec[key])
+    return sec
+
+
+def build_model(model_config: dict, method: str = "gs-siamese") -> torch.nn.Module:
+    """The network of ``method`` from a checkpoint's ``model_config`` (gs-siamese and dered share one)."""
+    if method in ("gs-siamese", "dered"):
+        return SiameseDepthModel(DefocusNetConfig(**_section(model_config, "defocus_net", ("defocus_widths",))),
+                                 DepthNetConfig(**_section(model_config, "depth_net", ("depth_widths",))))
+    if method == "d3net":
+        return D3Net(D3NetConfig(**_section(model_config, "d3net", ("d3net_widths", "d3net_depth_range_m"))))
+    if method == "mddnet":
+        return MDDNet(MDDNetConfig(**_section(model_config, "mddnet", ("mddnet_widths", "mddnet_depth_range_m"))))
+    raise ValueError(f"unknown method {method!r}")
+
+
+def new_model(cfg: "TrainConfig") -> torch.nn.Module:
+    """A freshly initialised network for ``cfg.method`` (seed torch first for reproducible weights)."""
+    if cfg.method in ("gs-siamese", "dered"):
+        return SiameseDepthModel(cfg.defocus_net, cfg.depth_net)
+    if cfg.method == "d3net":
+        return D3Net(cfg.d3net)
+    if cfg.method == "mddnet":
+        return MDDNet(cfg.mddnet)
+    raise ValueError(f"unknown method {cfg.method!r}")
 
 
 def _save(path: Path, obj: dict) -> None:
@@ -56,7 +85,7 @@ def _save(path: Path, obj: dict) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def save_checkpoint(path: Path, model: SiameseDepthModel, optimizer: torch.optim.Optimizer, step: int, config: dict,
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, config: dict,
                     extra: dict[str, Any]) -> None:
     _save(path, {"format": FORMAT, "method": config.get("method"), "step": step, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "model_config": model.model_config(), "config": config, **extra})
@@ -74,15 +103,22 @@ def load_checkpoint(path: Path, field: str = "--checkpoint") -> dict:
     return ck
 
 
-def export_weights(path: Path, model: SiameseDepthModel, meta: dict) -> None:
+def export_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     _save(path, {"format": WEIGHTS_FORMAT, "method": meta.get("method", "gs-siamese"), "model": state,
                  "model_config": model.model_config(), "meta": meta})
 
 
-def model_from_checkpoint(path: Path) -> tuple[SiameseDepthModel, dict]:
+def model_from_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
+    """The network a checkpoint (or model.pt) records, by its ``method`` (files without one: gs-siamese)."""
     ck = load_checkpoint(path)
-    model = build_model(ck["model_config"])
+    method = ck.get("method") or "gs-siamese"
+    if method not in METHODS:
+        raise InputError(path, f"unknown method {method!r} (this gs_dfd knows {', '.join(METHODS)})", "method")
+    try:
+        model = build_model(ck["model_config"], method)
+    except TypeError as exc:
+        raise InputError(path, f"model settings do not fit method {method} ({exc})", "model_config") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()}
     try:
         model.load_state_dict(state)

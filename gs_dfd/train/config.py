@@ -2,7 +2,7 @@
 
 Precedence: defaults < ``--config FILE.yaml`` < flags on the command line.
 The YAML mirrors the dataclass (nested sections for ``weights``,
-``defocus_net``, ``depth_net``); an unknown key is an error naming the file
+``defocus_net``, ``depth_net``, ``d3net``, ``mddnet``); an unknown key is an error naming the file
 and key, so a typo never silently trains the wrong thing.
 """
 
@@ -15,27 +15,42 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from gs_dfd.errors import InputError
+from gs_dfd.models.d3net import D3NetConfig
 from gs_dfd.models.defocus_net import DefocusNetConfig
 from gs_dfd.models.depth_net import DepthNetConfig
+from gs_dfd.models.mddnet import MDDNetConfig
 from gs_dfd.train.losses import LossWeights
+
+SUPERVISED_METHODS = ("d3net", "mddnet")
+"""Trained on depth_gt; no per-scene Gaussian fit."""
+SIAMESE_METHODS = ("gs-siamese", "dered")
+"""DefocusNet + DepthNet on frame pairs, self-supervised through the per-scene fit."""
 
 
 @dataclass
 class TrainConfig:
-    """Train DefocusNet + DepthNet, self-supervised by the scenes' Gaussian fits (no ground-truth depth, no
-    all-in-focus image). Run under ``torchrun --nproc_per_node N`` for data-parallel training (gloo on CPU,
-    NCCL on GPU)."""
+    """Train a depth-from-defocus network. --method gs-siamese (default): DefocusNet + DepthNet, self-supervised
+    by the scenes' Gaussian fits (no ground-truth depth, no all-in-focus image); dered: the same with the fit's
+    AIF re-blurred in image space instead of the Gaussians re-rendered (ablation); d3net, mddnet: supervised
+    baselines trained on depth_gt (no fits). Run under ``torchrun --nproc_per_node N`` for data-parallel
+    training (gloo on CPU, NCCL on GPU)."""
 
     out: Path
     """Run folder: checkpoint.pt, model.pt (weights for predict), config.json, log.jsonl, TensorBoard events."""
     config: Optional[Path] = None
-    """YAML file with any of these fields (nested sections for weights/defocus_net/depth_net); flags win."""
+    """YAML file with any of these fields (nested sections for weights/defocus_net/depth_net/d3net/mddnet); flags
+    win."""
     scenes: tuple[Path, ...] = ()
     """Training scene folders, or folders of scene folders."""
-    method: Literal["gs-siamese"] = "gs-siamese"
-    """Training method: gs-siamese = DefocusNet supervised by re-rendering the fitted 3D Gaussians."""
+    method: Literal["gs-siamese", "dered", "d3net", "mddnet"] = "gs-siamese"
+    """Training method. gs-siamese: siamese DefocusNet + DepthNet, self-supervised by re-rendering the fitted 3D
+    Gaussians with the predicted CoC. dered: ablation (DEReD-style, Si et al. CVPR 2023): the same, but the fit's
+    all-in-focus image is re-blurred in image space instead. d3net: supervised single-image depth with
+    Monte-Carlo dropout (Carvalho et al. 2018). mddnet: supervised one-encoder/two-decoder depth + defocus map
+    (He et al. 2022). d3net and mddnet read depth_gt and need no Gaussian fits; each pair's two frames are two
+    training images for them."""
     fit_cache: Optional[Path] = None
-    """Where the per-scene Gaussian fits are cached (default: OUT/fits); reused across runs."""
+    """Where the per-scene Gaussian fits are cached (default: OUT/fits); reused across runs (gs-siamese, dered)."""
     fit_iterations: int = 80
     """Optimisation steps of each scene's one-off Gaussian fit."""
     steps: int = 2000
@@ -56,8 +71,13 @@ class TrainConfig:
     """DefocusNet architecture."""
     depth_net: DepthNetConfig = field(default_factory=DepthNetConfig)
     """DepthNet architecture."""
+    d3net: D3NetConfig = field(default_factory=D3NetConfig)
+    """D3Net architecture (method d3net)."""
+    mddnet: MDDNetConfig = field(default_factory=MDDNetConfig)
+    """MDDNet architecture (method mddnet)."""
     supervised: bool = False
-    """Comparison only: anchor to depth_gt instead of the fit (reads ground truth; not self-supervised)."""
+    """Comparison only: anchor to depth_gt instead of the fit (reads ground truth; not self-supervised).
+    Always on for d3net and mddnet."""
     seed: int = 0
     """Seed of the initial weights and of the crop sampler (same seed, same run on CPU)."""
     backend: Literal["auto", "cpu", "torch", "gsplat"] = "auto"

@@ -1,9 +1,11 @@
 """Training scenes and random crops of frame pairs.
 
 Self-supervised means it: :func:`load_train_scene` reads the frames, the
-lens of every frame and the cached Gaussian fit, and only in
-``supervised=True`` mode (a comparison switch, and the supervised baselines)
-the ground-truth depth. It never reads ``all_in_focus``.
+lens of every frame and the cached Gaussian fit (its ``aif.png`` too, for
+the ``dered`` ablation: the fit's estimate), and only in ``supervised=True``
+mode (a comparison switch, and the supervised baselines ``d3net`` and
+``mddnet``, which need no fit at all) the ground-truth depth. It never reads
+the scene's ``all_in_focus``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch import Tensor
 
 from gs_dfd.data.scene import Scene, load_scene
 from gs_dfd.errors import InputError
-from gs_dfd.export.gaussian_ply import read_gaussian_ply
+from gs_dfd.data.images import read_image
+from gs_dfd.export.gaussian_ply import GaussianCloud, read_gaussian_ply
 from gs_dfd.models.lens_code import lens_row
 
 
@@ -35,6 +38,7 @@ class TrainScene:
     fit_depth: Tensor  # [H, W] metres
     fit_confidence: Tensor  # [H, W] in [0, 1]
     depth_gt: Tensor | None = None  # [H, W]; only in supervised mode, 0 = invalid
+    fit_aif: Tensor | None = None  # [H, W, 3] the fit's all-in-focus estimate (dered only)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -65,17 +69,42 @@ def _rgb(frames: np.ndarray) -> np.ndarray:
     return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames[..., :3]
 
 
-def load_train_scene(scene_dir: Path, fit_dir: Path, supervised: bool = False) -> TrainScene:
+def load_train_scene(scene_dir: Path, fit_dir: Path | None, supervised: bool = False,
+                     fit_aif: bool = False) -> TrainScene:
+    """``fit_dir=None`` (the supervised baselines): no Gaussians (empty tensors) and a zero-confidence anchor.
+    ``fit_aif``: also read the fit's ``aif.png`` (dered), which needs frames that share frame 0's view."""
     scene = load_scene(scene_dir, check_files=False)  # frames are checked as they load; GT stays unread
     frames = _rgb(scene.load_frames())
     lenses = torch.stack([lens_row(scene.lens(i)) for i in range(len(scene.frames))])
-    cloud = read_gaussian_ply(fit_dir / "gaussians.ply")
     h, w = frames.shape[1:3]
-    fit_depth = np.load(fit_dir / "depth.npy")
-    confidence = np.load(fit_dir / "confidence.npy")
-    for arr, name in ((fit_depth, "depth.npy"), (confidence, "confidence.npy")):
-        if arr.shape != (h, w):
-            raise InputError(fit_dir / name, f"is {arr.shape} but the scene is {h}x{w}: stale fit cache", "fit_cache")
+    if fit_dir is None:
+        assert not fit_aif, "the fit's AIF needs a fit"
+        cloud = GaussianCloud(means=np.zeros((0, 3)), quats=np.zeros((0, 4)), scales=np.zeros((0, 3)),
+                              opacities=np.zeros(0), colors=np.zeros((0, 3)))
+        fit_depth, confidence = np.zeros((h, w)), np.zeros((h, w))
+    else:
+        cloud = read_gaussian_ply(fit_dir / "gaussians.ply")
+        fit_depth = np.load(fit_dir / "depth.npy")
+        confidence = np.load(fit_dir / "confidence.npy")
+        for arr, name in ((fit_depth, "depth.npy"), (confidence, "confidence.npy")):
+            if arr.shape != (h, w):
+                raise InputError(fit_dir / name, f"is {arr.shape} but the scene is {h}x{w}: stale fit cache",
+                                 "fit_cache")
+    aif = None
+    if fit_aif:
+        # The fit renders its AIF in frame 0's camera; image-space re-blurring needs every frame in that view.
+        pose0 = scene.world_to_cam(0)
+        moved = [i for i in range(len(scene.frames)) if not np.allclose(scene.world_to_cam(i), pose0)]
+        if moved:
+            raise InputError(scene.json_path, f"frame {moved[0]} has another world_to_cam than frame 0: dered "
+                                              "re-blurs the AIF in image space and needs aligned frames", "world_to_cam")
+        path = fit_dir / "aif.png"
+        if not path.is_file():
+            raise InputError(path, "the fit cache entry has no aif.png (re-fit it: delete the entry)", "fit_cache")
+        aif = _rgb(read_image(path, field="aif.png"))
+        if aif.shape[:2] != (h, w):
+            raise InputError(path, f"is {aif.shape[1]}x{aif.shape[0]} but the scene is {w}x{h}: stale fit cache",
+                             "fit_cache")
     gt = None
     if supervised:
         raw = scene.load_depth_gt()
@@ -85,7 +114,8 @@ def load_train_scene(scene_dir: Path, fit_dir: Path, supervised: bool = False) -
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     return TrainScene(name=scene_dir.name, scene=scene, frames=t(frames), lenses=lenses, means=t(cloud.means),
                       quats=t(cloud.quats), scales=t(cloud.scales), opacities=t(cloud.opacities), colors=t(cloud.colors),
-                      fit_depth=t(fit_depth), fit_confidence=t(confidence), depth_gt=gt)
+                      fit_depth=t(fit_depth), fit_confidence=t(confidence), depth_gt=gt,
+                      fit_aif=None if aif is None else t(aif))
 
 
 @dataclass

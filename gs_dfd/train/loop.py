@@ -2,12 +2,14 @@
 
 Each process draws its own crops from a sampler seeded by (seed, rank, step),
 so a run is reproducible on CPU and resumes exactly from a checkpoint. Rank 0
-fits the uncached scenes, writes logs and checkpoints; the others wait.
+fits the uncached scenes (gs-siamese and dered only), writes logs and
+checkpoints; the others wait. :func:`compute_losses` dispatches on the method.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -22,10 +24,12 @@ from gs_dfd.console import console
 from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.models.lens_code import coc_scale_px
 from gs_dfd.train import losses as L
-from gs_dfd.train.checkpoint import SiameseDepthModel, export_weights, load_checkpoint, save_checkpoint
-from gs_dfd.train.config import TrainConfig
+from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC
+from gs_dfd.train.checkpoint import export_weights, load_checkpoint, new_model, save_checkpoint
+from gs_dfd.train.config import SIAMESE_METHODS, SUPERVISED_METHODS, TrainConfig
 from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.fit_cache import ensure_fits
+from gs_dfd.train.reblur import aif_crop, margin_for, reblur
 from gs_dfd.train.rerender import render_crop
 from gs_dfd.utils.atomic import write_json_atomic
 from gs_dfd.utils.tb_events import ScalarWriter
@@ -65,7 +69,24 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 
 def compute_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch; ``total`` is their weighted sum."""
+    """All loss terms of one batch for ``cfg.method``; ``total`` is their weighted sum."""
+    if cfg.method in SUPERVISED_METHODS:
+        return _supervised_losses(model, batch, cfg)
+    return _siamese_losses(model, batch, scenes, cfg)
+
+
+def _reblurred_pairs(batch: Batch, scenes: list[TrainScene], coc: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """dered's loss (a) renderer: the fit's AIF under each crop, re-blurred by the pair's two CoC maps
+    ``[B, 2, 1, h, w]`` -> ``[B, 2, h, w, 3]``."""
+    b, _, _, h, wd = coc.shape
+    max_sigma = cfg.defocus_net.max_coc_px * DISK_SIGMA_PER_COC
+    margin = margin_for(max_sigma)
+    aif = torch.stack([aif_crop(scenes[r.scene], r, (h, wd), margin) for r in batch.refs])  # [B, 3, h+2m, w+2m]
+    return reblur(aif, coc[:, :, 0], margin, max_sigma).permute(0, 1, 3, 4, 2)
+
+
+def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """gs-siamese and its dered ablation: losses (a)-(e) of :mod:`gs_dfd.train.losses`."""
     w = cfg.weights
     b, _, c, h, wd = batch.images.shape
     out = model(batch.images.reshape(2 * b, c, h, wd), batch.lenses.reshape(2 * b, 4))
@@ -75,7 +96,10 @@ def compute_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene
     terms: dict[str, torch.Tensor] = {}
 
     if w.render > 0:
-        renders = torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend) for k, r in enumerate(batch.refs)])
+        if cfg.method == "dered":
+            renders = _reblurred_pairs(batch, scenes, coc, cfg)
+        else:
+            renders = torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend) for k, r in enumerate(batch.refs)])
         target = batch.images.permute(0, 1, 3, 4, 2)  # [B, 2, h, w, 3]
         terms["render"] = L.render_loss(renders.reshape(2 * b, h, wd, 3), target.reshape(2 * b, h, wd, 3), w.render_ssim)
     terms["siamese"] = L.siamese_loss(depth[:, 0], depth[:, 1])
@@ -100,6 +124,24 @@ def compute_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene
     return terms
 
 
+def _supervised_losses(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """d3net and mddnet: every frame of a pair is one training image with the scene's depth_gt."""
+    if batch.depth_gt is None:
+        raise GsDfdError(f"{cfg.method} is supervised: its batches need depth_gt (load scenes with supervised=True)")
+    b, _, c, h, wd = batch.images.shape
+    images = batch.images.reshape(2 * b, c, h, wd)
+    lenses = batch.lenses.reshape(2 * b, 4)
+    gt = batch.depth_gt[:, None].expand(b, 2, 1, h, wd).reshape(2 * b, 1, h, wd)
+    out = model(images, lenses)
+    terms = {"depth": L.supervised_depth_loss(out["depth"], gt)}
+    weights = {"depth": 1.0}
+    if cfg.method == "mddnet":
+        terms["coc"] = L.supervised_coc_loss(out["coc"], gt, lenses)
+        weights["coc"] = cfg.weights.supervised_coc
+    terms["total"] = sum(weights[k] * v for k, v in terms.items())
+    return terms
+
+
 class _Run:
     """Process-group bookkeeping: rank, world size, and collective helpers that are no-ops alone."""
 
@@ -108,7 +150,9 @@ class _Run:
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
         if self.distributed and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            # Rank 0 may spend a long time fitting uncached scenes while the others wait at a barrier.
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
+                                    timeout=datetime.timedelta(hours=12))
 
     @property
     def main(self) -> bool:
@@ -141,24 +185,31 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, run: _Run) -> dict:
     t_start = time.perf_counter()
+    if cfg.method in SUPERVISED_METHODS and not cfg.supervised:
+        cfg = dataclasses.replace(cfg, supervised=True)  # they learn from depth_gt (recorded in config.json)
+    needs_fit = cfg.method in SIAMESE_METHODS  # the supervised baselines never fit the scenes
     scene_dirs = find_scenes(cfg.scenes)
     cache = cfg.fit_cache or cfg.out / "fits"
     resolved = _to_jsonable(cfg)
     if run.main:
         cfg.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
-        ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend)
+        if needs_fit:
+            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend)
     run.barrier()
     t_fit = time.perf_counter() - t_start
-    scenes = [load_train_scene(s, e, supervised=cfg.supervised)
-              for s, e in zip(scene_dirs, [cache / s.name for s in scene_dirs])]
+    scenes = [load_train_scene(s, cache / s.name if needs_fit else None, supervised=cfg.supervised,
+                               fit_aif=cfg.method == "dered") for s in scene_dirs]
 
     torch.manual_seed(cfg.seed)
-    model = SiameseDepthModel(cfg.defocus_net, cfg.depth_net)
+    model = new_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, seconds_before = 0, 0.0
     if cfg.resume:
         ck = load_checkpoint(cfg.out / "checkpoint.pt", "--resume")
+        if (ck.get("method") or "gs-siamese") != cfg.method:
+            raise InputError(cfg.out / "checkpoint.pt", f"was trained with --method {ck.get('method')}, not "
+                                                        f"{cfg.method}", "--resume")
         if ck.get("model_config") != model.model_config():
             raise InputError(cfg.out / "checkpoint.pt", "was trained with different network settings", "--resume")
         model.load_state_dict(ck["model"])
@@ -204,7 +255,8 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
                     writer.scalars(done, {f"loss/{k}": v for k, v in values.items()} | {"lr": record["lr"]})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(terms['total']):.4f}", render=f"{float(terms.get('render', 0.0)):.4f}")
+                shown = {"render": terms["render"]} if "render" in terms else {}  # the supervised methods have none
+                bar.set_postfix(loss=f"{float(terms['total']):.4f}", **{k: f"{float(v):.4f}" for k, v in shown.items()})
             if run.main and done % cfg.checkpoint_every == 0:
                 save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, done, resolved, extra())
             step = done

@@ -1,11 +1,16 @@
-"""The five self-supervised losses; their weights live in the training config.
+"""The five self-supervised losses, and the supervised baselines' two; their weights live in the training config.
 
 (a) re-render: the fitted Gaussians blurred by the predicted CoC reproduce the
-    real frame (SSIM + L1, as monodepth2 weighs them);
+    real frame (SSIM + L1, as monodepth2 weighs them); in the ``dered``
+    ablation the fit's AIF re-blurred in image space (:mod:`reblur`) does;
 (b) siamese: the depths read from the two frames of a pair agree;
 (c) thin-lens consistency: DepthNet's depth reproduces both predicted CoC maps;
 (d) anchor: the per-scene fit's depth (and its CoC) where the fit is confident;
 (e) edge-aware smoothness of log depth and of the normalised CoC.
+
+Supervised baselines (``d3net``, ``mddnet``): L1 on log depth against
+``depth_gt`` on valid pixels, and for ``mddnet`` the CoC map against the
+thin-lens CoC of ``depth_gt`` under the frame's lens.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from gs_dfd.models.lens_code import coc_px_from_depth, coc_scale_px
 @dataclass
 class LossWeights:
     render: float = 1.0
-    """(a) re-rendering the fitted Gaussians with the predicted CoC."""
+    """(a) re-rendering the fitted Gaussians with the predicted CoC (dered: re-blurring the fit's AIF)."""
     render_ssim: float = 0.85
     """Share of (1 - SSIM) in (a); the rest is L1."""
     siamese: float = 0.1
@@ -37,6 +42,9 @@ class LossWeights:
     """(e) edge-aware smoothness of log depth and normalised CoC."""
     anchor_min_confidence: float = 0.2
     """Fit pixels below this confidence give no anchor."""
+    supervised_coc: float = 1.0
+    """mddnet: |c - c(d_gt)| / K, its defocus decoder against the thin-lens CoC of depth_gt (depth: L1 of log,
+    weight 1)."""
 
 
 def render_loss(pred: Tensor, target: Tensor, ssim_share: float, border_px: int = 8) -> Tensor:
@@ -80,3 +88,20 @@ def edge_aware_smoothness(value: Tensor, image: Tensor) -> Tensor:
     ix = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(1, keepdim=True)
     iy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(1, keepdim=True)
     return (dx * torch.exp(-ix / 0.05)).mean() + (dy * torch.exp(-iy / 0.05)).mean()
+
+
+def supervised_depth_loss(depth: Tensor, depth_gt: Tensor) -> Tensor:
+    """|log d - log d_gt| on valid pixels (``depth_gt > 0``), ``[M, 1, h, w]`` each; Eigen et al.'s log space
+    (D3Net itself used L1 on depth: log weighs near and far errors alike, as AbsRel does)."""
+    assert depth.shape == depth_gt.shape, (depth.shape, depth_gt.shape)
+    valid = (depth_gt > 0).float()
+    return _weighted_mean((torch.log(depth) - torch.log(depth_gt.clamp_min(1e-3))).abs(), valid)
+
+
+def supervised_coc_loss(coc: Tensor, depth_gt: Tensor, lenses: Tensor) -> Tensor:
+    """|c - c(d_gt)| / K on valid pixels: coc/depth_gt ``[M, 1, h, w]``, lenses ``[M, 4]`` (camera-free units)."""
+    assert coc.shape == depth_gt.shape and lenses.shape == (coc.shape[0], 4), (coc.shape, depth_gt.shape, lenses.shape)
+    valid = (depth_gt > 0).float()
+    k = coc_scale_px(lenses).view(-1, 1, 1, 1)
+    target = coc_px_from_depth(depth_gt.clamp_min(1e-3), lenses)
+    return _weighted_mean(((coc - target) / k).abs(), valid)

@@ -1,0 +1,115 @@
+"""gs-dfd predict: the three input forms, outputs, the shipped weights, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gs_dfd.cli import main
+from gs_dfd.data.images import write_png
+from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
+from gs_dfd.export.camera_json import read_camera_json
+from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.train.checkpoint import SiameseDepthModel, export_weights
+
+from conftest import write_tiny_scene
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "model.pt"
+    export_weights(path, SiameseDepthModel(), {"method": "gs-siamese"})
+    return path
+
+
+def test_scene_frame_form_writes_the_contract(tiny_scene, weights, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--scene", str(tiny_scene), "--frame", "1", "--out", str(out), "--checkpoint", str(weights)]) == 0
+    depth, coc = np.load(out / "depth.npy"), np.load(out / "coc.npy")
+    assert depth.shape == coc.shape == (24, 32) and depth.dtype == coc.dtype == np.float32
+    assert np.isfinite(depth).all() and (depth > 0).all() and (coc >= 0).all()
+    for name in ("depth.png", "coc.png", "image.png", "panel.png", "prediction.json"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "prediction.json").read_text())
+    assert meta["lens"]["focus_distance_m"] == 1.5  # frame 1 of the tiny scene
+    camera, pose = read_camera_json(out / "camera.json")
+    assert (camera.width, camera.height) == (32, 24) and np.allclose(pose, np.eye(4))
+
+
+def test_predict_matches_the_model_in_memory(tiny_scene, weights, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--scene", str(tiny_scene), "--out", str(out), "--checkpoint", str(weights)]) == 0
+    from gs_dfd.data.scene import load_scene
+
+    scene = load_scene(tiny_scene)
+    pred = Predictor(weights).predict(scene.load_frames()[0], scene.lens(0))
+    np.testing.assert_array_equal(np.load(out / "depth.npy"), pred.depth_m)
+
+
+def test_image_and_folder_forms(weights, tmp_path):
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        write_png(images / f"{name}.png", rng.random((40, 48, 3)))
+    one = tmp_path / "one"
+    assert main(["predict", "--image", str(images / "a.png"), "--camera", "nyu", "--focus-distance-m", "1.0",
+                 "--out", str(one), "--checkpoint", str(weights)]) == 0
+    assert np.load(one / "depth.npy").shape == (40, 48)
+    many = tmp_path / "many"
+    assert main(["predict", "--image", str(images), "--camera", "d3net", "--f-number", "2.8", "--focus-distance-m", "1.7",
+                 "--out", str(many), "--checkpoint", str(weights)]) == 0
+    for name in ("a", "b"):
+        assert np.load(many / name / "coc.npy").shape == (40, 48)
+        assert json.loads((many / name / "prediction.json").read_text())["lens"]["f_number"] == 2.8
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--image", "missing.png", "--camera", "nyu", "--focus-distance-m", "1"], "missing.png"),
+    (["--image", "IMG"], "--camera"),
+    (["--scene", "SCENE", "--frame", "7"], "--frame"),
+    (["--scene", "SCENE", "--image", "IMG"], "exactly one"),
+    (["--scene", "SCENE", "--checkpoint", "nope.pt"], "nope.pt"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_scene, weights, tmp_path, capsys, args, needle):
+    write_png(tmp_path / "img.png", np.zeros((8, 8, 3)))
+    args = [str(tiny_scene) if a == "SCENE" else str(tmp_path / "img.png") if a == "IMG" else
+            str(tmp_path / a) if a in ("missing.png", "nope.pt") else a for a in args]
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", str(weights)]
+    out = tmp_path / "out"
+    assert main(["predict", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists()
+
+
+def test_shipped_weights_load_and_predict_in_range():
+    assert SHIPPED_WEIGHTS.is_file(), "the package must ship trained weights"
+    assert SHIPPED_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+    predictor = Predictor()
+    assert predictor.meta.get("steps", 0) > 0  # trained, not freshly initialised
+    img = np.random.default_rng(1).random((240, 320, 3)).astype(np.float32)
+    pred = predictor.predict(img, ThinLens(0.05, 8.0, 1.0, 24e-6))
+    assert pred.depth_m.shape == (240, 320) and np.isfinite(pred.depth_m).all()
+    assert 0.1 <= pred.depth_m.min() and pred.depth_m.max() <= 20.0
+
+
+def test_folder_of_scenes_and_pair_frame(weights, tmp_path):
+    scenes = tmp_path / "scenes"
+    for k in range(2):
+        write_tiny_scene(scenes / f"s{k}", seed=k)
+    out = tmp_path / "pred"
+    assert main(["predict", "--scene", str(scenes), "--pair-frame", "2", "--out", str(out), "--checkpoint", str(weights)]) == 0
+    from gs_dfd.data.scene import load_scene
+
+    scene = load_scene(scenes / "s1")
+    frames = scene.load_frames()
+    single = Predictor(weights).predict(frames[0], scene.lens(0)).depth_m
+    other = Predictor(weights).predict(frames[2], scene.lens(2)).depth_m
+    np.testing.assert_allclose(np.load(out / "s1" / "depth.npy"), np.sqrt(single * other), rtol=1e-4)
+    assert "frame 2" in json.loads((out / "s0" / "prediction.json").read_text())["source"]
