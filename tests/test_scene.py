@@ -202,3 +202,19 @@ def test_frames_do_not_touch_ground_truth(tiny_scene):
     (tiny_scene / "depth_gt.npy").unlink()
     (tiny_scene / "aif.png").unlink()
     assert scene.load_frames().shape[0] == 3
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+
+    from gs_dfd.utils.atomic import atomic_output_dir, write_json_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        with atomic_output_dir(tmp_path / "dir", overwrite=False) as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "dir").stat().st_mode & 0o777 == 0o755

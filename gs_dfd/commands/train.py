@@ -1,4 +1,5 @@
-"""``gs-dfd train``: self-supervised DefocusNet + DepthNet (see :mod:`gs_dfd.train`)."""
+"""``gs-dfd train``: self-supervised DefocusNet + DepthNet, its dered ablation, and the supervised baselines
+d3net and mddnet (``--method``; see :mod:`gs_dfd.train`)."""
 
 from __future__ import annotations
 
