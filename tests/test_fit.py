@@ -133,3 +133,23 @@ def test_shared_non_identity_pose_gives_the_same_depth(stack, tmp_path):
     c2w = np.linalg.inv(np.array(pose))
     moved = ga.means @ c2w[:3, :3].T + c2w[:3, 3]
     assert np.median(np.linalg.norm(gb.means - moved, axis=1)) < 2e-3
+
+
+def test_network_initialisation_for_an_aperture_pair(tmp_path, capsys):
+    import torch
+
+    from gs_dfd.train.checkpoint import SiameseDepthModel, export_weights
+
+    pair = tmp_path / "pair"
+    assert main(["synth", "procedural", "--kind", "planes", "--seed", "2", "--width", "48", "--height", "32",
+                 "--camera", "d3net", "--focus-distances", "1.7", "--f-numbers", "2.8", "8", "--out", str(pair),
+                 "--no-progress"]) == 0
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pt"
+    export_weights(weights, SiameseDepthModel(), {"method": "gs-siamese"})
+    out = tmp_path / "fit"
+    assert main(["fit", "--scene", str(pair), "--out", str(out), "--init", "network", "--init-checkpoint", str(weights),
+                 "--iterations", "1", "--no-progress"]) == 0
+    assert "starting depth from the network" in capsys.readouterr().out
+    assert main(["fit", "--scene", str(pair), "--out", str(tmp_path / "dff"), "--init", "dff", "--no-progress"]) == 2
+    assert "two distinct focus distances" in capsys.readouterr().err

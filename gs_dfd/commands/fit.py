@@ -65,6 +65,12 @@ class FitConfig:
     """Refine the aperture scale and, with two or more focus distances, each frame's focus distance."""
     exposure_compensation: bool = True
     """Learn a per-frame gain and offset (real stacks change brightness between shots); frame 0 is the reference."""
+    init: Literal["auto", "dff", "network", "constant"] = "auto"
+    """Starting depth: dff (focus measure; needs 2+ focus distances), network (gs-dfd predict's DefocusNet +
+    DepthNet on the most defocused frame: a learned near/far prior), constant (--init-depth-m). auto = dff with
+    2+ focus distances, else network (constant if no weights are available)."""
+    init_checkpoint: Optional[Path] = None
+    """Weights for --init network (default: the checkpoint shipped in the package)."""
     init_depth_m: Optional[float] = None
     """Starting depth when the stack has a single focus distance (aperture stacks); default 1.25 x focus."""
     dff_window_px: int = 9
@@ -108,6 +114,8 @@ def _validate(cfg: FitConfig) -> None:
     near, far = cfg.eval_depth_range_m
     if not 0 < near < far:
         raise InputError(None, f"need 0 < near < far (got {near}, {far})", "--eval-depth-range-m")
+    if cfg.init_checkpoint is not None and cfg.init not in ("network", "auto"):
+        raise InputError(None, "--init-checkpoint goes with --init network (or auto)", "--init-checkpoint")
     if cfg.init_depth_m is not None and not cfg.init_depth_m > 0:
         raise InputError(None, f"must be > 0 (got {cfg.init_depth_m})", "--init-depth-m")
     if cfg.out.exists() and not cfg.out.is_dir():
@@ -178,9 +186,30 @@ def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     return {"depth": res.depth_m, "aif": aif, "confidence": res.confidence}
 
 
+def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> np.ndarray | None:
+    """Depth from the trained network for --init network (or auto on single-focus stacks), else None."""
+    n_focus = len({f.focus_distance_m for f in scene.frames})
+    if cfg.init == "dff" and n_focus < 2:
+        raise InputError(scene.json_path, "--init dff needs frames with at least two distinct focus distances", "frames")
+    if cfg.init in ("dff", "constant") or (cfg.init == "auto" and n_focus >= 2):
+        return None
+    from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
+
+    if cfg.init == "auto" and cfg.init_checkpoint is None and not SHIPPED_WEIGHTS.is_file():
+        console.warn("no shipped network weights: starting from a constant depth")
+        return None
+    predictor = Predictor(cfg.init_checkpoint)
+    # The most defocused frame (smallest f-number) carries the most depth signal.
+    i = int(np.argmin([scene.f_number(k) for k in range(len(scene.frames))]))
+    depth = predictor.predict(frames[i], scene.lens(i)).depth_m
+    console.print(f"starting depth from the network ({predictor.path.name}) on frame {i}: "
+                  f"{np.percentile(depth, 2):.2f}-{np.percentile(depth, 98):.2f} m")
+    return depth
+
+
 def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     settings = cfg.settings()
-    state = build_state(scene, frames, settings)
+    state = build_state(scene, frames, settings, depth_prior_m=_network_prior(cfg, scene, frames))
     ckpt = cfg.out / "checkpoint.pt"
     if cfg.resume:
         try:

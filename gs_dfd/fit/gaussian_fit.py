@@ -93,9 +93,20 @@ def _pose_groups(scene: Scene) -> list[tuple[np.ndarray, list[int]]]:
     return groups
 
 
-def initial_depth(frames: np.ndarray, scene: Scene, settings: GaussianFitSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inverse depth ``[H, W]``, colours ``[H, W, C]``, confidence ``[H, W]``) to start from."""
+def initial_depth(frames: np.ndarray, scene: Scene, settings: GaussianFitSettings,
+                  depth_prior_m: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inverse depth ``[H, W]``, colours ``[H, W, C]``, confidence ``[H, W]``) to start from.
+
+    ``depth_prior_m`` ``[H, W]`` (e.g. the network's prediction) replaces the focus-measure or constant depth; it
+    gives no confidence, so the smoothness prior acts everywhere at first.
+    """
     focus = np.array([f.focus_distance_m for f in scene.frames])
+    sharp = int(np.argmax([scene.f_number(i) for i in range(len(scene.frames))]))
+    if depth_prior_m is not None:
+        h, w = frames.shape[1:3]
+        assert depth_prior_m.shape == (h, w), (depth_prior_m.shape, (h, w))
+        inv = ndimage.median_filter(1.0 / np.clip(depth_prior_m, 1e-3, None), size=5, mode="reflect")
+        return inv.astype(np.float32), frames[sharp], np.zeros((h, w), np.float32)
     if len(np.unique(focus)) >= 2:
         dff = depth_from_focus(frames, focus, settings.dff_window_px)
         inv = ndimage.median_filter(1.0 / dff.depth_m, size=5, mode="reflect")
@@ -104,14 +115,14 @@ def initial_depth(frames: np.ndarray, scene: Scene, settings: GaussianFitSetting
         return inv.astype(np.float32), colours, dff.confidence
     depth0 = settings.init_depth_m or 1.25 * float(focus.max())
     # One focus distance: the least blurred frame (largest f-number) is the best colour guess.
-    sharp = int(np.argmax([scene.f_number(i) for i in range(len(scene.frames))]))
     h, w = frames.shape[1:3]
     return np.full((h, w), 1.0 / depth0, np.float32), frames[sharp], np.zeros((h, w), np.float32)
 
 
-def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings) -> FitState:
+def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
+                depth_prior_m: np.ndarray | None = None) -> FitState:
     torch.manual_seed(settings.seed)
-    inv, colours, conf = initial_depth(frames, scene, settings)
+    inv, colours, conf = initial_depth(frames, scene, settings, depth_prior_m)
     model, grid_hw = grid_gaussians(inv, colours, scene.camera, settings.stride,
                                     ref_world_to_cam=scene.world_to_cam(0))
     lens = LensModel.from_scene(scene, settings.calibrate_lens)
