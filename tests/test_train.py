@@ -50,7 +50,7 @@ def _train(scenes: Path, cache: Path, out: Path, *extra: str) -> int:
 
 
 def _eval_state(run: Path, scenes: Path, cache: Path) -> tuple[float, float]:
-    """Self-supervised loss on fixed batches, and frame-0 depth AbsRel against depth_gt (evaluation only)."""
+    """Self-supervised loss on fixed batches, and single-frame depth AbsRel against depth_gt (evaluation only)."""
     model, _ = model_from_checkpoint(run / "checkpoint.pt")
     dirs = find_scenes([scenes])
     train_scenes = [load_train_scene(d, cache / d.name) for d in dirs]
@@ -60,20 +60,20 @@ def _eval_state(run: Path, scenes: Path, cache: Path) -> tuple[float, float]:
                                        train_scenes, cfg)["total"]) for k in range(3)]
         errors = []
         for d, ts in zip(dirs, train_scenes):
-            out = model(ts.frames[0].permute(2, 0, 1)[None], ts.lenses[:1])
             gt = load_scene(d).load_depth_gt()
-            errors.append(depth_metrics(out["depth"][0, 0].numpy(), gt, 0.5, 4.0)["abs_rel"])
+            out = model(ts.frames.permute(0, 3, 1, 2), ts.lenses)  # every frame of the stack, one at a time
+            errors += [depth_metrics(depth[0].numpy(), gt, 0.5, 4.0)["abs_rel"] for depth in out["depth"]]
     return float(np.mean(losses)), float(np.mean(errors))
 
 
 def test_training_lowers_the_self_supervised_loss_and_the_depth_error(scenes, fit_cache, tmp_path):
     before_run, after_run = tmp_path / "before", tmp_path / "after"
     assert _train(scenes, fit_cache, before_run, "--steps", "1", "--lr", "1e-9") == 0  # the initial weights
-    assert _train(scenes, fit_cache, after_run, "--steps", "60", "--lr", "3e-3", "--checkpoint-every", "60") == 0
+    assert _train(scenes, fit_cache, after_run, "--steps", "100", "--lr", "5e-3", "--checkpoint-every", "100") == 0
     loss0, err0 = _eval_state(before_run, scenes, fit_cache)
     loss1, err1 = _eval_state(after_run, scenes, fit_cache)
-    assert loss1 < 0.8 * loss0, (loss0, loss1)
-    assert err1 < 0.85 * err0, (err0, err1)
+    assert loss1 < 0.7 * loss0, (loss0, loss1)
+    assert err1 < 0.6 * err0, (err0, err1)
 
 
 def test_self_supervised_training_never_reads_depth_gt_or_all_in_focus(scenes, fit_cache, tmp_path, monkeypatch):

