@@ -11,6 +11,7 @@ import torch
 
 from gs_dfd.cli import main
 from gs_dfd.data.images import write_png
+from gs_dfd.infer.pair import fuse_pair
 from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
 from gs_dfd.export.camera_json import read_camera_json
 from gs_dfd.optics.thin_lens import ThinLens
@@ -111,5 +112,22 @@ def test_folder_of_scenes_and_pair_frame(weights, tmp_path):
     frames = scene.load_frames()
     single = Predictor(weights).predict(frames[0], scene.lens(0)).depth_m
     other = Predictor(weights).predict(frames[2], scene.lens(2)).depth_m
-    np.testing.assert_allclose(np.load(out / "s1" / "depth.npy"), np.sqrt(single * other), rtol=1e-4)
+    a = Predictor(weights).predict(frames[0], scene.lens(0))
+    b = Predictor(weights).predict(frames[2], scene.lens(2))
+    fused = fuse_pair(a.depth_m, a.coc_px, scene.lens(0), b.depth_m, b.coc_px, scene.lens(2))
+    np.testing.assert_allclose(np.load(out / "s1" / "depth.npy"), fused, rtol=1e-4)
+    assert single.shape == other.shape
     assert "frame 2" in json.loads((out / "s0" / "prediction.json").read_text())["source"]
+
+
+def test_pair_fusion_resolves_near_far_where_both_cocs_agree():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.6, 4.0, (20, 30))
+    la, lb = ThinLens(0.05, 8.0, 1.0, 24e-6), ThinLens(0.05, 8.0, 2.5, 24e-6)
+    coc_a, coc_b = np.asarray(la.coc_px(depth)), np.asarray(lb.coc_px(depth))
+    prior = depth * 1.2  # the networks' guess, 20% off
+    fused = fuse_pair(prior, coc_a, la, prior, coc_b, lb)
+    np.testing.assert_allclose(fused, depth, rtol=1e-4)
+    # Contradictory CoC maps (no candidate pair agrees): the networks' depth stays.
+    kept = fuse_pair(prior, coc_a * 0 + 40.0, la, prior, coc_b * 0, lb)
+    np.testing.assert_allclose(kept, prior, rtol=1e-5)

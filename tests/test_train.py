@@ -139,6 +139,9 @@ def test_existing_run_needs_resume_or_overwrite(scenes, fit_cache, tmp_path, cap
     assert _train(scenes, fit_cache, tmp_path / "run") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--resume" in err
+    assert _train(scenes, fit_cache, tmp_path / "run", "--overwrite", "--steps", "2") == 0  # a new run, new logs
+    assert [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [2]
+    assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 1
 
 
 def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):

@@ -48,8 +48,8 @@ class PredictConfig:
     frame: int = 0
     """Frame index within --scene."""
     pair_frame: Optional[int] = None
-    """Also read this frame of --scene (the siamese pair; two focus distances or apertures): depth = geometric
-    mean of both branches."""
+    """Also read this frame of --scene (the siamese pair; two focus distances or apertures): where the two CoC
+    maps agree on one thin-lens depth that depth, else the geometric mean of both branches."""
     image: Optional[Path] = None
     """An image file, or a folder of .png/.jpg images (needs --camera and --focus-distance-m)."""
     camera: Optional[Literal[tuple(PRESETS)]] = None  # type: ignore[valid-type]

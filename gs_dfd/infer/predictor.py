@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gs_dfd.errors import InputError
+from gs_dfd.infer.pair import fuse_pair
 from gs_dfd.models.lens_code import coc_px_from_depth, lens_row
 from gs_dfd.optics.thin_lens import ThinLens
 from gs_dfd.train.checkpoint import model_from_checkpoint
@@ -93,14 +94,18 @@ class Predictor:
     def predict_pair(self, images: tuple[np.ndarray, np.ndarray], lenses: tuple[ThinLens, ThinLens],
                      mc_samples: int | None = None) -> Prediction:
         """Two frames of one view (the siamese pair: two focus distances or apertures), each ``[H, W, C]``:
-        depth = geometric mean of both branches' depths; CoC and gate are the first frame's (its lens is the one
+        depth = the thin-lens agreement of both CoC maps where they agree (:mod:`gs_dfd.infer.pair`), else the
+        geometric mean of both branches' depths; CoC and gate are the first frame's (its lens is the one
         reported); model time is both passes'. MC-dropout std (d3net) propagates to the geometric mean as
         ``d * sqrt((s_a/d_a)^2 + (s_b/d_b)^2) / 2`` (independent passes)."""
         assert len(images) == len(lenses) == 2, (len(images), len(lenses))
         a = self.predict(images[0], lenses[0], mc_samples)
         b = self.predict(images[1], lenses[1], mc_samples)
         assert a.depth_m.shape == b.depth_m.shape, (a.depth_m.shape, b.depth_m.shape)
-        depth = np.sqrt(a.depth_m * b.depth_m).astype(np.float32)
+        if a.coc_source == "network" and b.coc_source == "network":  # two measured CoC maps: the thin lens decides
+            depth = fuse_pair(a.depth_m, a.coc_px, lenses[0], b.depth_m, b.coc_px, lenses[1])
+        else:  # a CoC derived from the depth itself carries no second opinion
+            depth = np.sqrt(a.depth_m * b.depth_m).astype(np.float32)
         unc = None
         if a.uncertainty_m is not None and b.uncertainty_m is not None:
             rel = np.sqrt((a.uncertainty_m / a.depth_m) ** 2 + (b.uncertainty_m / b.depth_m) ** 2) / 2

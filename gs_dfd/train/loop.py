@@ -193,6 +193,10 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
     resolved = _to_jsonable(cfg)
     if run.main:
         cfg.out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:  # --overwrite: a new run starts new logs
+            (cfg.out / "log.jsonl").unlink(missing_ok=True)
+            for old in (cfg.out / "tb").glob("events.out.tfevents.*"):
+                old.unlink()
         write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
         if needs_fit:
             ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend)
