@@ -48,7 +48,7 @@ def test_debug_shows_traceback(tiny_scene):
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["check", "--help"], ["synth", "--help"], ["synth", "rgbd", "--help"], ["synth", "procedural", "--help"],
-    ["fit", "--help"],
+    ["fit", "--help"], ["train", "--help"], ["predict", "--help"], ["eval", "--help"], ["export", "--help"],
 ])
 def test_help_documents_every_flag(argv, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -89,7 +89,7 @@ class TrainConfig:
     resume: bool = False
     """Continue from OUT/checkpoint.pt (exactly where it stopped)."""
     overwrite: bool = False
-    """Allow writing into an existing run folder without --resume."""
+    """Start afresh in a run folder that already holds a checkpoint (its logs are replaced)."""
     progress: bool = True
     """Show a progress bar."""
     debug: bool = False
