@@ -131,3 +131,14 @@ def test_pair_fusion_resolves_near_far_where_both_cocs_agree():
     # Contradictory CoC maps (no candidate pair agrees): the networks' depth stays.
     kept = fuse_pair(prior, coc_a * 0 + 40.0, la, prior, coc_b * 0, lb)
     np.testing.assert_allclose(kept, prior, rtol=1e-5)
+
+
+def test_box_filter_matches_average_pooling():
+    import torch.nn.functional as F
+
+    from gs_dfd.models.defocus_net import _box
+
+    x = torch.rand(2, 3, 37, 53)
+    for k in (1, 5, 11, 21):
+        ref = F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
+        torch.testing.assert_close(_box(x, k), ref, atol=1e-5, rtol=1e-5)
