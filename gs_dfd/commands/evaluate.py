@@ -29,6 +29,7 @@ import numpy as np
 from gs_dfd.console import console
 from gs_dfd.data.images import read_image, to_channels
 from gs_dfd.data.scene import SCENE_FILE, Camera, Scene, load_scene
+from gs_dfd.data.maps import load_map_npy
 from gs_dfd.errors import GsDfdError, InputError
 from gs_dfd.eval.metrics import (
     DEPTH_METRIC_KEYS, abs_rel_map, depth_metrics, evaluation_mask, image_metrics, lpips_status, mean_depth_metrics,
@@ -152,18 +153,7 @@ def load_prediction(path: Path, camera: Camera, scene_json: Path, field: str | N
         raise InputError(path, "prediction file not found", field)
     if path.suffix.lower() != ".npy":
         raise InputError(path, f"prediction must be a .npy file of float metres (got '{path.suffix}')", field)
-    try:
-        raw = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for corrupt files
-        raise InputError(path, f"cannot read .npy ({type(exc).__name__})", field) from None
-    if not np.issubdtype(raw.dtype, np.floating):
-        raise InputError(path, f"prediction must hold float metres (got dtype {raw.dtype})", field)
-    if raw.ndim != 2:
-        raise InputError(path, f"prediction must be H x W (got shape {raw.shape})", field)
-    if raw.shape != (camera.height, camera.width):
-        raise InputError(path, f"prediction is {raw.shape[1]}x{raw.shape[0]} but the scene's camera is "
-                         f"{camera.width}x{camera.height} (see {scene_json})", field)
-    return raw.astype(np.float32)
+    return load_map_npy(path, camera, field, scene_json, what="prediction", float_only=True)
 
 
 def _load(scene_dir: Path, prediction: Path, cfg: EvalConfig, field: str | None,

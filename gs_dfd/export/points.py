@@ -22,6 +22,7 @@ import numpy as np
 
 from gs_dfd.data.images import read_image, to_channels
 from gs_dfd.data.scene import Camera
+from gs_dfd.data.maps import load_map_npy
 from gs_dfd.errors import GsDfdError, InputError
 from gs_dfd.export.camera_json import CAMERA_FILE, read_camera_json
 from gs_dfd.utils.atomic import write_file_atomic
@@ -48,20 +49,7 @@ class DepthOutput:
 
 
 def _load_map(path: Path, camera: Camera, field: str, camera_path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(path, "file not found", field)
-    try:
-        raw = np.load(path, allow_pickle=False)
-    except Exception as exc:  # numpy raises several types for corrupt files
-        raise InputError(path, f"cannot read .npy ({type(exc).__name__})", field) from None
-    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
-        raise InputError(path, f"must hold numbers (got dtype {raw.dtype})", field)
-    if raw.ndim != 2:
-        raise InputError(path, f"must be H x W (got shape {raw.shape})", field)
-    if raw.shape != (camera.height, camera.width):
-        raise InputError(path, f"map is {raw.shape[1]}x{raw.shape[0]} but camera is {camera.width}x{camera.height} "
-                               f"(see {camera_path})", field)
-    return raw.astype(np.float32)
+    return load_map_npy(path, camera, field, camera_path)
 
 
 def load_depth_output(root: str | Path, source: Literal["fit", "predict"],
