@@ -56,3 +56,23 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the shared real data sets)")
     return path
+
+
+def strip_ground_truth(scenes: Path, dest: Path, monkeypatch) -> Path:
+    """A copy of a folder of scenes without depth_gt.npy and aif.png, with Scene's readers of both made to
+    raise: a training path that runs on it provably never reads ground truth."""
+    import shutil
+
+    from gs_dfd.data.scene import Scene
+
+    shutil.copytree(scenes, dest)
+    for d in dest.iterdir():
+        (d / "depth_gt.npy").unlink()
+        (d / "aif.png").unlink()
+
+    def forbidden(self):
+        raise AssertionError("a self-supervised training path read ground truth")
+
+    monkeypatch.setattr(Scene, "load_depth_gt", forbidden)
+    monkeypatch.setattr(Scene, "load_all_in_focus", forbidden)
+    return dest

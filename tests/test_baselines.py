@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import strip_ground_truth
 from gs_dfd.cli import main
-from gs_dfd.data.scene import Scene
 from gs_dfd.train.checkpoint import model_from_checkpoint, new_model
 from gs_dfd.train.config import SUPERVISED_METHODS, TrainConfig, load_yaml_defaults
 from gs_dfd.train.data import find_scenes, load_train_scene, sample_batch
@@ -151,17 +151,7 @@ def test_reblur_gradient_reaches_the_coc_map():
 
 
 def test_dered_never_reads_depth_gt_or_all_in_focus(runs, scenes, tmp_path, monkeypatch):
-    stripped = tmp_path / "scenes"
-    shutil.copytree(scenes, stripped)
-    for d in stripped.iterdir():  # ground truth and AIF gone from disk ...
-        (d / "depth_gt.npy").unlink()
-        (d / "aif.png").unlink()
-
-    def forbidden(self):
-        raise AssertionError("the self-supervised dered path read ground truth")
-
-    monkeypatch.setattr(Scene, "load_depth_gt", forbidden)  # ... and reading them fails loudly
-    monkeypatch.setattr(Scene, "load_all_in_focus", forbidden)
+    stripped = strip_ground_truth(scenes, tmp_path / "scenes", monkeypatch)  # GT gone, its readers raise
     fits = runs["dered"].parent / "fits"  # keyed by scene name: the stripped copies reuse the cached fits
     assert main(["train", "--method", "dered", "--scenes", str(stripped), "--out", str(tmp_path / "run"),
                  "--fit-cache", str(fits), "--steps", "3", *TINY]) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import strip_ground_truth
 from gs_dfd.cli import main
-from gs_dfd.data.scene import Scene, load_scene
+from gs_dfd.data.scene import load_scene
 from gs_dfd.eval.metrics import depth_metrics
 from gs_dfd.train.checkpoint import model_from_checkpoint
 from gs_dfd.train.config import TrainConfig
@@ -77,17 +77,7 @@ def test_training_lowers_the_self_supervised_loss_and_the_depth_error(scenes, fi
 
 
 def test_self_supervised_training_never_reads_depth_gt_or_all_in_focus(scenes, fit_cache, tmp_path, monkeypatch):
-    stripped = tmp_path / "scenes"
-    shutil.copytree(scenes, stripped)
-    for d in stripped.iterdir():  # ground truth and AIF gone from disk ...
-        (d / "depth_gt.npy").unlink()
-        (d / "aif.png").unlink()
-
-    def forbidden(self):
-        raise AssertionError("the self-supervised training path read ground truth")
-
-    monkeypatch.setattr(Scene, "load_depth_gt", forbidden)  # ... and reading them fails loudly
-    monkeypatch.setattr(Scene, "load_all_in_focus", forbidden)
+    stripped = strip_ground_truth(scenes, tmp_path / "scenes", monkeypatch)  # GT gone, its readers raise
     cache = tmp_path / "fits"
     assert _train(stripped, cache, tmp_path / "run", "--fit-iterations", "5") == 0  # fits its cache too
     assert (cache / "planes_3" / "gaussians.ply").is_file()
