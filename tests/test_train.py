@@ -134,6 +134,25 @@ def test_existing_run_needs_resume_or_overwrite(scenes, fit_cache, tmp_path, cap
     assert len(list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))) == 1
 
 
+def test_init_weights_starts_from_another_runs_weights(scenes, fit_cache, tmp_path, capsys):
+    """Fine-tuning: --init-weights loads the weights; a run without it starts from the seed's weights."""
+    assert _train(scenes, fit_cache, tmp_path / "a", "--steps", "3", "--lr", "5e-3") == 0
+    source = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    assert _train(scenes, fit_cache, tmp_path / "b", "--steps", "1", "--lr", "1e-9",
+                  "--init-weights", str(tmp_path / "a" / "checkpoint.pt")) == 0
+    assert _train(scenes, fit_cache, tmp_path / "c", "--steps", "1", "--lr", "1e-9") == 0
+    tuned = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    fresh = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["model"]
+    gap_tuned = max(float((tuned[k] - source[k]).abs().max()) for k in source if source[k].is_floating_point())
+    gap_fresh = max(float((fresh[k] - source[k]).abs().max()) for k in source if source[k].is_floating_point())
+    assert gap_tuned < 1e-6 < 1e-4 < gap_fresh, (gap_tuned, gap_fresh)
+    capsys.readouterr()
+    assert _train(scenes, fit_cache, tmp_path / "d", "--defocus-widths", "4", "8", "8",
+                  "--init-weights", str(tmp_path / "a" / "checkpoint.pt")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--init-weights" in err and "network settings" in err
+
+
 def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"scenes: [{scenes}]\nfit_cache: {fit_cache}\nsteps: 3\nbatch_size: 2\ncrop_hw: [48, 64]\n"

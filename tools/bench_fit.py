@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gs_dfd.cli import main as cli_main, run_tool
+from gs_dfd.errors import InputError
 
 
 @dataclass
@@ -38,15 +39,34 @@ class BenchFitConfig:
     """Depth range of the metrics."""
     json: Optional[Path] = None
     """Also write the records here."""
+    shard: tuple[int, int] = (0, 1)
+    """K N: fit only every N-th scene starting at the K-th (0-based), to split a long run over N processes."""
+    reuse: bool = False
+    """Keep fits that already finished (OUT/<method>/<scene>/metrics.json) instead of fitting them again, so an
+    interrupted long run continues where it stopped. Only use it with unchanged flags."""
+
+
+def _record(scene: str, method: str, out: Path) -> dict:
+    m = json.loads((out / "metrics.json").read_text())
+    d = m["depth"] or {}
+    return {"scene": scene, "method": method, "abs_rel": d.get("abs_rel"), "rmse": d.get("rmse"),
+            "delta1": d.get("delta1"), "psnr": m.get("mean_psnr"), "seconds": m["seconds"]}
 
 
 def main(cfg: BenchFitConfig) -> int:
     folders = [cfg.scenes] if (cfg.scenes / "scene.json").exists() else sorted(
         p for p in cfg.scenes.iterdir() if (p / "scene.json").exists())
+    k, n = cfg.shard
+    if not (n >= 1 and 0 <= k < n):
+        raise InputError(None, f"need 0 <= K < N (got {k} {n})", "--shard")
+    folders = folders[k::n]
     records = []
     for folder in folders:
         for method in cfg.methods:
             out = cfg.out / method / folder.name
+            if cfg.reuse and (out / "metrics.json").is_file():
+                records.append(_record(folder.name, method, out))
+                continue
             argv = ["fit", "--scene", str(folder), "--out", str(out), "--method", method, "--overwrite",
                     "--no-progress", "--eval-depth-range-m", *map(str, cfg.eval_depth_range_m)]
             if method == "gs" and cfg.extra:
@@ -55,11 +75,7 @@ def main(cfg: BenchFitConfig) -> int:
             if code != 0:
                 print(f"fit failed on {folder} ({method})", file=sys.stderr)
                 continue
-            m = json.loads((out / "metrics.json").read_text())
-            d = m["depth"] or {}
-            records.append({"scene": folder.name, "method": method, "abs_rel": d.get("abs_rel"),
-                            "rmse": d.get("rmse"), "delta1": d.get("delta1"), "psnr": m.get("mean_psnr"),
-                            "seconds": m["seconds"]})
+            records.append(_record(folder.name, method, out))
     print(f"\nmachine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
     print(f"{'scene':<24} {'method':<6} {'AbsRel':>7} {'RMSE':>7} {'delta1':>7} {'PSNR':>6} {'time s':>7}")
     fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731

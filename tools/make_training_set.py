@@ -11,6 +11,7 @@
 Deterministic: the same arguments give bit-identical scenes.
 
     python tools/make_training_set.py --src ../shared/data --out data_local/train_set
+    python tools/make_training_set.py --src ../shared/data --out data_local/train_set_all --all-d3net-ids
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class TrainingSetConfig:
     """Output folder, one scene per sub-folder, written atomically as a whole."""
     d3net_ids: tuple[int, ...] = DEFAULT_D3NET_IDS
     """d3net_indoor_train scene ids (ids divisible by 4 are the held-out evaluation scenes)."""
+    all_d3net_ids: bool = False
+    """Use every id that is not held out (the 60 of 0-80 with id % 4 != 0) instead of --d3net-ids: the training
+    set of the fine-tuning stage (configs/gs_siamese_nyu_finetune.yaml)."""
     procedural_kinds: tuple[str, ...] = ("mixed", "planes", "occlusion")
     """Procedural scene kinds."""
     procedural_per_kind: int = 3
@@ -57,7 +61,12 @@ class TrainingSetConfig:
     """Replace the output folder if it exists."""
 
 
+D3NET_SCENE_COUNT = 81  # d3net_indoor_train holds ids 0-80
+
+
 def main(cfg: TrainingSetConfig) -> int:
+    if cfg.all_d3net_ids:
+        cfg.d3net_ids = tuple(i for i in range(D3NET_SCENE_COUNT) if i % 4)
     held_out = [i for i in cfg.d3net_ids if i % 4 == 0]
     if held_out:
         raise InputError(None, f"ids {held_out} are held out for evaluation (id % 4 == 0)", "--d3net-ids")

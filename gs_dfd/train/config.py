@@ -78,6 +78,9 @@ class TrainConfig:
     supervised: bool = False
     """Comparison only: anchor to depth_gt instead of the fit (reads ground truth; not self-supervised).
     Always on for d3net and mddnet."""
+    init_weights: Optional[Path] = None
+    """Start from these weights (a run's model.pt or checkpoint.pt) to fine-tune, e.g. on more scenes: the
+    optimiser, step count and learning-rate schedule start afresh. Method and network settings must match."""
     seed: int = 0
     """Seed of the initial weights and of the crop sampler (same seed, same run on CPU)."""
     backend: Literal["auto", "cpu", "torch", "gsplat"] = "auto"

@@ -31,7 +31,8 @@ def is_cached(scene_dir: Path, cache_root: Path, iterations: int) -> bool:
     return int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
 
 
-def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backend: str = "auto") -> list[Path]:
+def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backend: str = "auto",
+                progress: bool = True) -> list[Path]:
     """Fit every scene that has no valid cache entry; returns the entries in ``scene_dirs``' order."""
     from gs_dfd.commands.fit import FitConfig, run as run_fit
 
@@ -39,7 +40,7 @@ def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backe
     if todo:
         console.print(f"fitting {len(todo)} of {len(scene_dirs)} training scenes once ({iterations} steps each) "
                       f"into the cache {cache_root}")
-    for scene in console.progress(todo, "fit cache"):
+    for scene in console.progress(todo, "fit cache", enabled=progress and bool(todo)):
         run_fit(FitConfig(scene=scene, out=cache_dir_for(scene, cache_root), iterations=iterations, evaluate=False,
                           backend=backend, overwrite=True, progress=False))
     return [cache_dir_for(s, cache_root) for s in scene_dirs]

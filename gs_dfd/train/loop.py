@@ -56,11 +56,27 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError(None, "need lr > 0 and 0 < lr_final_ratio <= 1", "--lr")
     if not cfg.scenes:
         raise InputError(cfg.config, "no training scenes: give --scenes (or scenes: in the YAML)", "scenes")
+    if cfg.init_weights is not None and not cfg.init_weights.is_file():
+        raise InputError(cfg.init_weights, "weights not found", "--init-weights")
     ckpt = cfg.out / "checkpoint.pt"
     if cfg.resume and not ckpt.is_file():
         raise InputError(ckpt, "nothing to resume (no checkpoint)", "--resume")
     if not cfg.resume and not cfg.overwrite and ckpt.exists():
         raise InputError(cfg.out, "run folder already has a checkpoint: pass --resume to continue or --overwrite", "--out")
+
+
+def _init_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The fine-tuning start (--init-weights), checked before any long fit-cache work; float16 model.pt
+    weights are widened back to float32."""
+    if cfg.init_weights is None or cfg.resume:
+        return None
+    ck = load_checkpoint(cfg.init_weights, "--init-weights")
+    if (ck.get("method") or "gs-siamese") != cfg.method:
+        raise InputError(cfg.init_weights, f"holds --method {ck.get('method')} weights, not {cfg.method}",
+                         "--init-weights")
+    if ck.get("model_config") != new_model(cfg).model_config():
+        raise InputError(cfg.init_weights, "was trained with different network settings", "--init-weights")
+    return {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()}
 
 
 def _lr(cfg: TrainConfig, step: int) -> float:
@@ -188,6 +204,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
     if cfg.method in SUPERVISED_METHODS and not cfg.supervised:
         cfg = dataclasses.replace(cfg, supervised=True)  # they learn from depth_gt (recorded in config.json)
     needs_fit = cfg.method in SIAMESE_METHODS  # the supervised baselines never fit the scenes
+    init_state = _init_weights(cfg)
     scene_dirs = find_scenes(cfg.scenes)
     cache = cfg.fit_cache or cfg.out / "fits"
     resolved = _to_jsonable(cfg)
@@ -199,7 +216,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
                 old.unlink()
         write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
         if needs_fit:
-            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend)
+            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress)
     run.barrier()
     t_fit = time.perf_counter() - t_start
     scenes = [load_train_scene(s, cache / s.name if needs_fit else None, supervised=cfg.supervised,
@@ -209,6 +226,8 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
     model = new_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, seconds_before = 0, 0.0
+    if init_state is not None:
+        model.load_state_dict(init_state)
     if cfg.resume:
         ck = load_checkpoint(cfg.out / "checkpoint.pt", "--resume")
         if (ck.get("method") or "gs-siamese") != cfg.method:
