@@ -330,23 +330,23 @@ def _image_block(cfg: EvalConfig, scene: Scene) -> dict[str, Any]:
     return block
 
 
+def _metrics_header(cfg: EvalConfig, form: str, **inputs: str) -> dict[str, Any]:
+    """What both forms' metrics.json start with: the inputs, the range and the conventions used."""
+    return {"command": "eval", "form": form, **inputs, "range_m": [cfg.min_depth, cfg.max_depth],
+            "clamp_prediction": cfg.clamp_prediction, "conventions": conventions(cfg),
+            "command_line": command_line(cfg)}
+
+
 def run_single(cfg: EvalConfig) -> int:
     assert cfg.scene is not None and cfg.depth is not None
     r = _evaluate(cfg.scene.resolve().name, cfg.scene, cfg.depth, cfg, "--depth")
     image = _image_block(cfg, r.scene) if cfg.aif is not None else None
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         metrics = {
-            "command": "eval",
-            "form": "single",
-            "scene": str(cfg.scene),
-            "prediction": str(cfg.depth),
-            "range_m": [cfg.min_depth, cfg.max_depth],
-            "clamp_prediction": cfg.clamp_prediction,
+            **_metrics_header(cfg, "single", scene=str(cfg.scene), prediction=str(cfg.depth)),
             "valid_px": r.metrics["valid_px"],
             "depth": _depth_block(r.metrics),
             **({"image": image} if image is not None else {}),
-            "conventions": conventions(cfg),
-            "command_line": command_line(cfg),
         }
         write_json_atomic(tmp / "metrics.json", _json_safe(metrics))
         write_panel(tmp / "panel.png", r, cfg)
@@ -416,12 +416,7 @@ def run_folder(cfg: EvalConfig) -> int:
             write_panel(tmp / "panels" / f"{r.name}.png", r, cfg)
             r.pred = r.gt = np.empty(0)
         metrics = {
-            "command": "eval",
-            "form": "folder",
-            "scenes_dir": str(cfg.scenes),
-            "predictions_dir": str(cfg.predictions),
-            "range_m": [cfg.min_depth, cfg.max_depth],
-            "clamp_prediction": cfg.clamp_prediction,
+            **_metrics_header(cfg, "folder", scenes_dir=str(cfg.scenes), predictions_dir=str(cfg.predictions)),
             "count": mean["images"],
             "evaluated": len(results),
             "valid_px": sum(r.metrics["valid_px"] for r in results),
@@ -429,8 +424,6 @@ def run_folder(cfg: EvalConfig) -> int:
             "per_scene": [{"scene": r.name, "prediction": str(r.prediction), **_depth_block(r.metrics)}
                           for r in results],
             "missing": missing,
-            "conventions": conventions(cfg),
-            "command_line": command_line(cfg),
         }
         write_json_atomic(tmp / "metrics.json", _json_safe(metrics))
         csv_text = _csv_text(results)
