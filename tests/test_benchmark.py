@@ -98,7 +98,11 @@ def test_decide_run(bench, tmp_path):
 def test_expected_config_of_the_committed_configs(bench, tmp_path):
     cfg = bench.BenchmarkConfig(runs_dir=tmp_path / "runs", configs_dir=REPO / "configs")
     for method in bench.TRAIN_RUNS:
-        plan = bench.plan_run(cfg, bench.SETTINGS["small"], method, tmp_path / "train_set")
+        pre = None
+        if method in bench.PRETRAIN_RUNS:
+            pre = bench.plan_run(cfg, bench.SETTINGS["small"], method, tmp_path / "train_set",
+                                 bench.PRETRAIN_RUNS[method])
+        plan = bench.plan_run(cfg, bench.SETTINGS["small"], method, tmp_path / "train_set", init_from=pre)
         assert plan.decision.action == "train"
         assert plan.run_dir.parent == tmp_path / "runs" / "bench_small"
         assert plan.expected["steps"] == 150 and plan.expected["scenes"] == [str(tmp_path / "train_set")]
@@ -106,6 +110,29 @@ def test_expected_config_of_the_committed_configs(bench, tmp_path):
             assert plan.expected["supervised"] is True and "--fit-cache" not in plan.flags
         else:  # never the full runs' fit cache
             assert plan.expected["fit_cache"] == str(tmp_path / "runs" / "bench_small" / "fits")
+
+
+def test_fine_tuned_run_follows_its_first_stage(bench, tmp_path):
+    cfg = bench.BenchmarkConfig(runs_dir=tmp_path / "runs", configs_dir=REPO / "configs")
+    small, train_set = bench.SETTINGS["small"], tmp_path / "train_set"
+    stage1 = bench.PRETRAIN_RUNS["gs-siamese"]
+    with pytest.raises(GsDfdError, match="fine-tunes"):  # never the YAML's full-run weights by accident
+        bench.plan_run(cfg, small, "gs-siamese", train_set)
+    pre = bench.plan_run(cfg, small, "gs-siamese", train_set, stage1)
+    ft = bench.plan_run(cfg, small, "gs-siamese", train_set, init_from=pre)
+    assert pre.run_dir != ft.run_dir and pre.run_dir.parent == ft.run_dir.parent == tmp_path / "runs" / "bench_small"
+    assert ft.expected["init_weights"] == str(pre.run_dir / "checkpoint.pt")
+    assert ft.flags[ft.flags.index("--init-weights") + 1] == str(pre.run_dir / "checkpoint.pt")
+    _fake_run(ft.run_dir, ft.expected, finished=True)
+    again = bench.plan_run(cfg, small, "gs-siamese", train_set, init_from=pre)
+    assert again.decision.action == "replace"  # stage 1 is trained anew, so stage 2 must be too
+    _fake_run(pre.run_dir, pre.expected, finished=True)
+    pre = bench.plan_run(cfg, small, "gs-siamese", train_set, stage1)
+    assert pre.decision.action == "reuse"
+    assert bench.plan_run(cfg, small, "gs-siamese", train_set, init_from=pre).decision.action == "reuse"
+    # The full setting's fine-tuning set is built with every non-held-out d3net id.
+    argv = bench.data_argv(cfg, bench.SETTINGS["full"], "train", Path("data_local/train_set_all"), owned=False)
+    assert "--all-d3net-ids" in argv
 
 
 def test_spread_and_expected_scenes(bench):

@@ -12,7 +12,8 @@ Run it from the repository root (the configs' relative paths are relative to the
    ``--src`` (``../shared/data``):
 
    - the training scenes (``tools/make_training_set.py``: d3net_indoor_train ids with id % 4 != 0 and procedural
-     scenes); the full setting uses the folder the committed configs name (``data_local/train_set``);
+     scenes); the full setting uses the folders the committed configs name (``data_local/train_set``, and
+     ``data_local/train_set_all`` with every non-held-out id for gs-siamese's fine-tuning stage);
    - *synthetic*: nyu-camera 5-frame focal stacks (320x240, f/8, focus 1, 1.5, 2.5, 4, 6 m) synthesised from the
      held-out real RGB-D (``tools/convert_rgbd_sets.py``): d3net_indoor_train ids 000, 004, ..., 080 (f/8 image +
      Xtion depth), NYUv2 0045 and the 4 Middlebury scenes;
@@ -20,7 +21,9 @@ Run it from the repository root (the configs' relative paths are relative to the
      645x432, frame 0 = f/2.8, frame 1 = f/8, nominal focus 1.7 m).
 
 2. **Training** (``gs-dfd train --config configs/<method>_nyu.yaml``) of gs-siamese, dered, d3net and mddnet into
-   ``RUNS/<method>_nyu`` (``RUNS`` = ``--runs-dir``; ``--small`` uses ``RUNS/bench_small/``). A run whose
+   ``RUNS/<method>_nyu`` (``RUNS`` = ``--runs-dir``; ``--small`` uses ``RUNS/bench_small/``); gs-siamese has two
+   stages, ``gs_siamese_nyu.yaml`` and then ``gs_siamese_nyu_finetune.yaml`` (``RUNS/gs_siamese_nyu_ft``, started
+   from stage 1 by ``--init-weights``; its training time counts both). A run whose
    ``model.pt`` is finished and whose ``config.json`` matches the config this benchmark trains with (method,
    steps, scenes, fit iterations, networks, losses, ...) is reused; an unfinished one with a matching checkpoint
    is resumed; one with another config is moved aside to ``RUN.replaced-<time>`` (never deleted) and trained
@@ -98,10 +101,19 @@ METHODS: dict[str, MethodSpec] = {m.key: m for m in (
 
 # gs-dfd train --method -> (committed config, run folder name)
 TRAIN_RUNS: dict[str, tuple[str, str]] = {
-    "gs-siamese": ("gs_siamese_nyu.yaml", "gs_siamese_nyu"),
+    "gs-siamese": ("gs_siamese_nyu_finetune.yaml", "gs_siamese_nyu_ft"),
     "dered": ("dered_nyu.yaml", "dered_nyu"),
     "d3net": ("d3net_nyu.yaml", "d3net_nyu"),
     "mddnet": ("mddnet_nyu.yaml", "mddnet_nyu"),
+}
+# Runs that fine-tune another (their config's init_weights): method -> (stage-1 config, run folder name).
+# The benchmark trains stage 1 first and points stage 2's --init-weights at it.
+PRETRAIN_RUNS: dict[str, tuple[str, str]] = {
+    "gs-siamese": ("gs_siamese_nyu.yaml", "gs_siamese_nyu"),
+}
+# The full setting's training folders that are not tools/make_training_set.py's defaults: its extra flags.
+TRAIN_SET_FLAGS: dict[str, tuple[str, ...]] = {
+    "data_local/train_set_all": ("--all-d3net-ids",),
 }
 SUPERVISED = ("d3net", "mddnet")
 
@@ -299,7 +311,9 @@ def data_argv(cfg: BenchmarkConfig, setting: Setting, data_set: str, folder: Pat
         return ["--src", str(cfg.src / "d3net_indoor_train"), "--out", str(folder),
                 "--ids", *(f"{i:03d}" for i in setting.real_ids)]
     argv = ["--src", str(cfg.src), "--out", str(folder)]
-    if owned:  # the full setting's training set is tools/make_training_set.py's defaults, as the configs say
+    if not owned:  # the full setting's training sets: as the configs' comments build them
+        argv += list(TRAIN_SET_FLAGS.get(folder.as_posix(), ()))
+    else:
         argv += ["--d3net-ids", *map(str, setting.train_d3net_ids), "--procedural-kinds", *setting.procedural_kinds,
                  "--procedural-per-kind", str(setting.procedural_per_kind)]
     return argv
@@ -474,22 +488,29 @@ class RunPlan:
         return ["train", "--config", str(self.config_path), "--out", str(self.run_dir), *self.flags]
 
 
-def plan_run(cfg: BenchmarkConfig, setting: Setting, method: str, train_set: Optional[Path]) -> RunPlan:
+def plan_run(cfg: BenchmarkConfig, setting: Setting, method: str, train_set: Optional[Path],
+             stage: Optional[tuple[str, str]] = None, init_from: Optional["RunPlan"] = None) -> RunPlan:
+    """The run of ``method`` (or of ``stage``, a (config, run name) pair); ``init_from``: the run it fine-tunes."""
     from gs_dfd.train.config import load_yaml_defaults
     from gs_dfd.train.loop import _to_jsonable
 
-    config_name, run_name = TRAIN_RUNS[method]
+    config_name, run_name = stage or TRAIN_RUNS[method]
     config_path = cfg.configs_dir / config_name
     runs_root = cfg.runs_dir / setting.runs_subdir if setting.runs_subdir else cfg.runs_dir
     run_dir = runs_root / run_name
     train_cfg = load_yaml_defaults(config_path, run_dir)  # a one-line error naming the file when it is bad
     if train_cfg.method != method:
         raise GsDfdError(f"{config_path}: trains --method {train_cfg.method}, the benchmark expects {method}")
+    if train_cfg.init_weights is not None and init_from is None:
+        raise GsDfdError(f"{config_path}: fine-tunes {train_cfg.init_weights}; give its first stage (PRETRAIN_RUNS)")
     flags: list[str] = []
     over: dict[str, Any] = {"out": run_dir}
     if setting.steps is not None:
         flags += ["--steps", str(setting.steps)]
         over["steps"] = setting.steps
+    if init_from is not None:
+        over["init_weights"] = init_from.run_dir / "checkpoint.pt"
+        flags += ["--init-weights", str(over["init_weights"])]
     if train_set is not None:
         flags += ["--scenes", str(train_set)]
         over["scenes"] = (train_set,)
@@ -505,6 +526,8 @@ def plan_run(cfg: BenchmarkConfig, setting: Setting, method: str, train_set: Opt
         train_cfg = dataclasses.replace(train_cfg, supervised=True)  # as gs-dfd train records it
     expected = {"command": "train", **_to_jsonable(train_cfg)}
     decision = decide_run(run_dir, expected, cfg.retrain, cfg.busy_minutes * 60)
+    if init_from is not None and init_from.decision.action != "reuse" and decision.action in ("reuse", "resume"):
+        decision = RunDecision("replace" if run_dir.exists() else "train", "the run it fine-tunes is trained anew")
     fit_cache = None if method in SUPERVISED else (train_cfg.fit_cache or run_dir / "fits")
     if decision.action != "reuse" and fit_cache is not None:
         check_fit_cache_not_busy(fit_cache, cfg.busy_minutes * 60)
@@ -823,9 +846,14 @@ def main(cfg: BenchmarkConfig) -> int:
             and any(m.kind == "fit" for m in methods)):
         need_runs.add("gs-siamese")  # the start of `fit` on the single-focus real pairs
     need_runs = sorted(need_runs, key=list(TRAIN_RUNS).index)
-    plans = {m: plan_run(cfg, setting, m, train_set) for m in need_runs}
-    for p in plans.values():
-        console.print(f"plan: {p.method:<10} {p.decision.action:<7} {p.run_dir} ({p.decision.reason})")
+    plans: dict[str, RunPlan] = {}
+    for m in need_runs:
+        pre = None
+        if m in PRETRAIN_RUNS:  # stage 1 first (dicts keep order: it is also trained first)
+            pre = plans[f"{m} (stage 1)"] = plan_run(cfg, setting, m, train_set, PRETRAIN_RUNS[m])
+        plans[m] = plan_run(cfg, setting, m, train_set, init_from=pre)
+    for key, p in plans.items():
+        console.print(f"plan: {key:<10} {p.decision.action:<7} {p.run_dir} ({p.decision.reason})")
     for folder in sorted({s for p in plans.values() if p.decision.action != "reuse" for s in p.scenes}):
         n = len(scene_names(Path(folder)))
         console.print(f"plan: data train     {'reuse' if n else 'build'} {folder} ({n or 'no'} scenes there)")
@@ -853,6 +881,10 @@ def main(cfg: BenchmarkConfig) -> int:
     for p in to_train:
         execute_run(rec, p)
     runs = {m: training_record(p) for m, p in plans.items()}
+    for m in PRETRAIN_RUNS:  # a fine-tuned model's training time includes its first stage
+        if m in runs and f"{m} (stage 1)" in runs:
+            runs[m]["training_seconds"] += runs[f"{m} (stage 1)"]["training_seconds"]
+            runs[m]["includes_stage_1"] = plans[f"{m} (stage 1)"].run_dir.as_posix()
 
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         rec.tmp, rec.out = tmp, cfg.out
