@@ -130,6 +130,11 @@ def test_fine_tuned_run_follows_its_first_stage(bench, tmp_path):
     pre = bench.plan_run(cfg, small, "gs-siamese", train_set, stage1)
     assert pre.decision.action == "reuse"
     assert bench.plan_run(cfg, small, "gs-siamese", train_set, init_from=pre).decision.action == "reuse"
+    # Its training time counts both stages and each shared scene's fit once.
+    s1 = {"training_seconds": 130.0, "train_seconds": 100.0, "fit_seconds_by_scene": {"a": 10.0, "b": 20.0}}
+    s2 = {"training_seconds": 90.0, "train_seconds": 50.0, "fit_seconds_by_scene": {"a": 10.0, "b": 20.0, "c": 10.0}}
+    assert bench.two_stage_seconds(s1, s2) == 100.0 + 50.0 + 40.0
+    assert bench.two_stage_seconds(s1, {**s2, "fit_seconds_by_scene": None}) == 220.0
     # The full setting's fine-tuning set is built with every non-held-out d3net id.
     argv = bench.data_argv(cfg, bench.SETTINGS["full"], "train", Path("data_local/train_set_all"), owned=False)
     assert "--all-d3net-ids" in argv
