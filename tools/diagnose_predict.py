@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Where does a single-image prediction's depth error come from? CoC reading vs near/far vs DepthNet.
 
-For each scene of a ``gs-dfd predict`` folder (``PRED/<scene>/coc.npy``, ``depth.npy``, ``prediction.json``),
-against the scene's ``depth_gt`` (an evaluation tool: it reads ground truth, training never does):
+For each scene of a ``gs-dfd predict`` folder (``PRED/<scene>/coc.npy``, ``depth.npy``, ``prediction.json``)
+or of a folder of ``gs-dfd fit`` outputs (``coc/000.npy``: frame 0), against the scene's ``depth_gt`` (an evaluation tool: it reads ground truth, training never does):
 
 - ``coc_err_px``: median |predicted CoC - thin-lens CoC of the true depth| (pixels), and its signed median
   (``coc_bias_px``; < 0: the network reads less blur than there is);
@@ -34,7 +34,8 @@ from gs_dfd.optics.thin_lens import ThinLens
 @dataclass
 class DiagnoseConfig:
     predictions: Path
-    """A gs-dfd predict folder of scenes (PRED/<scene>/coc.npy, depth.npy, prediction.json)."""
+    """A gs-dfd predict folder of scenes (PRED/<scene>/coc.npy, depth.npy, prediction.json), or of gs-dfd fit
+    outputs (PRED/<scene>/coc/000.npy, depth.npy), e.g. the training fit cache."""
     scenes: Path
     """The folder of the scenes predicted (each with depth_gt)."""
     min_depth: float = 0.5
@@ -50,9 +51,12 @@ def diagnose_scene(pred_dir: Path, scene_dir: Path, lo: float, hi: float) -> dic
     gt = scene.load_depth_gt()
     if gt is None:
         raise InputError(scene.json_path, "no depth_gt to diagnose against", "depth_gt")
-    meta = json.loads((pred_dir / "prediction.json").read_text())
-    lens = ThinLens(**meta["lens"])
-    coc = np.load(pred_dir / "coc.npy").astype(np.float64)
+    if (pred_dir / "prediction.json").is_file():  # gs-dfd predict
+        lens = ThinLens(**json.loads((pred_dir / "prediction.json").read_text())["lens"])
+        coc = np.load(pred_dir / "coc.npy").astype(np.float64)
+    else:  # gs-dfd fit: the CoC map of frame 0, whose lens the scene gives
+        lens = scene.lens(0)
+        coc = np.load(pred_dir / "coc" / "000.npy").astype(np.float64)
     depth = np.load(pred_dir / "depth.npy")
     valid = np.isfinite(gt) & (gt > lo) & (gt < hi)
     true_coc = np.zeros_like(coc)
@@ -71,9 +75,11 @@ def diagnose_scene(pred_dir: Path, scene_dir: Path, lo: float, hi: float) -> dic
 
 
 def main(cfg: DiagnoseConfig) -> int:
-    dirs = sorted(p for p in cfg.predictions.iterdir() if (p / "coc.npy").is_file())
+    dirs = sorted(p for p in cfg.predictions.iterdir()
+                  if (p / "coc.npy").is_file() or (p / "coc" / "000.npy").is_file())
     if not dirs:
-        raise InputError(cfg.predictions, "no PRED/<scene>/coc.npy here", "--predictions")
+        raise InputError(cfg.predictions, "no PRED/<scene>/coc.npy (predict) or coc/000.npy (fit) here",
+                         "--predictions")
     rows = []
     for d in dirs:
         rows.append({"scene": d.name, **diagnose_scene(d, cfg.scenes / d.name, cfg.min_depth, cfg.max_depth)})
