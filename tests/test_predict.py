@@ -52,7 +52,7 @@ def test_predict_matches_the_model_in_memory(tiny_scene, weights, tmp_path):
     np.testing.assert_array_equal(np.load(out / "depth.npy"), pred.depth_m)
 
 
-def test_image_and_folder_forms(weights, tmp_path):
+def test_image_and_folder_forms(weights, tmp_path, capsys):
     rng = np.random.default_rng(0)
     images = tmp_path / "images"
     for name in ("a", "b"):
@@ -67,6 +67,10 @@ def test_image_and_folder_forms(weights, tmp_path):
     for name in ("a", "b"):
         assert np.load(many / name / "coc.npy").shape == (40, 48)
         assert json.loads((many / name / "prediction.json").read_text())["lens"]["f_number"] == 2.8
+    capsys.readouterr()
+    assert main(["predict", "--image", str(images), "--camera", "nyu", "--focus-distance-m", "1.0", "--no-progress",
+                 "--out", str(tmp_path / "quiet"), "--checkpoint", str(weights)]) == 0
+    assert "predict:" not in capsys.readouterr().err  # no progress bar
 
 
 @pytest.mark.parametrize("args, needle", [

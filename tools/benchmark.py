@@ -647,7 +647,8 @@ def run_method(rec: Recorder, cfg: BenchmarkConfig, setting: Setting, method: Me
     if method.kind == "net":
         frames = [0, 1] if method.pair else [0]
         plan = plans[method.train_method]
-        argv = ["predict", "--checkpoint", str(plan.run_dir / "model.pt"), "--scene", str(scenes_dir), "--frame", "0",
+        argv = ["predict", "--no-progress", "--checkpoint", str(plan.run_dir / "model.pt"), "--scene", str(scenes_dir),
+                "--frame", "0",
                 *(["--pair-frame", "1"] if method.pair else []), "--out", str(pred_dir)]
         rec.cli(argv, f"predict {method.key} on {data_set}")
         row["seconds_per_image"] = _median_json([pred_dir / n / "prediction.json" for n in names], "model_seconds")

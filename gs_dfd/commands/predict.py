@@ -66,6 +66,8 @@ class PredictConfig:
     methods without dropout."""
     overwrite: bool = False
     """Replace the output folder if it exists."""
+    progress: bool = True
+    """Show a progress bar over the images of a folder."""
     debug: bool = False
     """Show tracebacks instead of one-line errors."""
 
@@ -185,7 +187,7 @@ def run(cfg: PredictConfig) -> int:
     times = []
     t0 = time.perf_counter()
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
-        for item in console.progress(inputs, "predict") if len(inputs) > 1 else inputs:
+        for item in console.progress(inputs, "predict", enabled=cfg.progress and len(inputs) > 1):
             pred = (predictor.predict_pair((item.image, item.pair[0]), (item.lens, item.pair[1]), cfg.mc_samples)
                     if item.pair else predictor.predict(item.image, item.lens, cfg.mc_samples))
             times.append(pred.model_seconds)
