@@ -65,17 +65,21 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError(cfg.out, "run folder already has a checkpoint: pass --resume to continue or --overwrite", "--out")
 
 
+def _check_same_network(ck: dict, cfg: TrainConfig, model_config: dict, path: Path, field: str) -> None:
+    """A checkpoint to continue from (--resume) or start from (--init-weights) must hold this run's network."""
+    if (ck.get("method") or "gs-siamese") != cfg.method:
+        raise InputError(path, f"was trained with --method {ck.get('method')}, not {cfg.method}", field)
+    if ck.get("model_config") != model_config:
+        raise InputError(path, "was trained with different network settings", field)
+
+
 def _init_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The fine-tuning start (--init-weights), checked before any long fit-cache work; float16 model.pt
     weights are widened back to float32."""
     if cfg.init_weights is None or cfg.resume:
         return None
     ck = load_checkpoint(cfg.init_weights, "--init-weights")
-    if (ck.get("method") or "gs-siamese") != cfg.method:
-        raise InputError(cfg.init_weights, f"holds --method {ck.get('method')} weights, not {cfg.method}",
-                         "--init-weights")
-    if ck.get("model_config") != new_model(cfg).model_config():
-        raise InputError(cfg.init_weights, "was trained with different network settings", "--init-weights")
+    _check_same_network(ck, cfg, new_model(cfg).model_config(), cfg.init_weights, "--init-weights")
     return {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()}
 
 
@@ -230,11 +234,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
         model.load_state_dict(init_state)
     if cfg.resume:
         ck = load_checkpoint(cfg.out / "checkpoint.pt", "--resume")
-        if (ck.get("method") or "gs-siamese") != cfg.method:
-            raise InputError(cfg.out / "checkpoint.pt", f"was trained with --method {ck.get('method')}, not "
-                                                        f"{cfg.method}", "--resume")
-        if ck.get("model_config") != model.model_config():
-            raise InputError(cfg.out / "checkpoint.pt", "was trained with different network settings", "--resume")
+        _check_same_network(ck, cfg, model.model_config(), cfg.out / "checkpoint.pt", "--resume")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         start, seconds_before = int(ck["step"]), float(ck.get("train_seconds", 0.0))
