@@ -65,6 +65,11 @@ class FitConfig:
     """Refine the aperture scale and, with two or more focus distances, each frame's focus distance."""
     exposure_compensation: bool = True
     """Learn a per-frame gain and offset (real stacks change brightness between shots); frame 0 is the reference."""
+    align_frames: bool = True
+    """Learn a per-frame image translation of the frames that share frame 0's pose, started from phase
+    correlation (real shots move between exposures; unregistered, the shift is read as blur)."""
+    max_shift_px: float = 32.0
+    """Largest translation between shots that --align-frames searches for (pixels)."""
     init: Literal["auto", "dff", "network", "constant"] = "auto"
     """Starting depth: dff (focus measure; needs 2+ focus distances), network (gs-dfd predict's DefocusNet +
     DepthNet on the most defocused frame: a learned near/far prior), constant (--init-depth-m). auto = dff with
@@ -100,6 +105,7 @@ class FitConfig:
                                    ssim_weight=self.ssim_weight, lr_inv_depth=self.lr_inv_depth,
                                    calibrate_lens=self.calibrate_lens,
                                    exposure_compensation=self.exposure_compensation, init_depth_m=self.init_depth_m,
+                                   align_frames=self.align_frames, max_shift_px=self.max_shift_px,
                                    dff_window_px=self.dff_window_px, backend=self.backend, seed=self.seed)
 
 
@@ -108,7 +114,8 @@ def _validate(cfg: FitConfig) -> None:
                              ("--checkpoint-every", cfg.checkpoint_every, 1), ("--dff-window-px", cfg.dff_window_px, 3)):
         if value < low:
             raise InputError(None, f"must be >= {low} (got {value})", name)
-    for name, value in (("--smooth-weight", cfg.smooth_weight), ("--ssim-weight", cfg.ssim_weight)):
+    for name, value in (("--smooth-weight", cfg.smooth_weight), ("--ssim-weight", cfg.ssim_weight),
+                        ("--max-shift-px", cfg.max_shift_px)):
         if not value >= 0:
             raise InputError(None, f"must be >= 0 (got {value})", name)
     near, far = cfg.eval_depth_range_m
@@ -186,30 +193,35 @@ def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     return {"depth": res.depth_m, "aif": aif, "confidence": res.confidence}
 
 
-def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> np.ndarray | None:
-    """Depth from the trained network for --init network (or auto on single-focus stacks), else None."""
+def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """(depth, the frame it was predicted on) from the trained network for --init network (or auto on
+    single-focus stacks), else (None, 0)."""
     n_focus = len({f.focus_distance_m for f in scene.frames})
     if cfg.init == "dff" and n_focus < 2:
         raise InputError(scene.json_path, "--init dff needs frames with at least two distinct focus distances", "frames")
     if cfg.init in ("dff", "constant") or (cfg.init == "auto" and n_focus >= 2):
-        return None
+        return None, 0
     from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
 
     if cfg.init == "auto" and cfg.init_checkpoint is None and not SHIPPED_WEIGHTS.is_file():
         console.warn("no shipped network weights: starting from a constant depth")
-        return None
+        return None, 0
     predictor = Predictor(cfg.init_checkpoint)
     # The most defocused frame (smallest f-number) carries the most depth signal.
     i = int(np.argmin([scene.f_number(k) for k in range(len(scene.frames))]))
     depth = predictor.predict(frames[i], scene.lens(i)).depth_m
     console.print(f"starting depth from the network ({predictor.path.name}) on frame {i}: "
                   f"{np.percentile(depth, 2):.2f}-{np.percentile(depth, 98):.2f} m")
-    return depth
+    return depth, i
 
 
 def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     settings = cfg.settings()
-    state = build_state(scene, frames, settings, depth_prior_m=_network_prior(cfg, scene, frames))
+    prior_m, prior_frame = _network_prior(cfg, scene, frames)
+    state = build_state(scene, frames, settings, depth_prior_m=prior_m, depth_prior_frame=prior_frame)
+    if state.alignment.enabled:
+        console.print("frame shifts against frame 0 (phase correlation, refined by the fit): " + ", ".join(
+            f"{r['frame']}: ({r['shift_px'][0]:+.2f}, {r['shift_px'][1]:+.2f}) px" for r in state.alignment.report()))
     ckpt = cfg.out / "checkpoint.pt"
     if cfg.resume:
         try:
@@ -266,7 +278,8 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     per_frame = [{"frame": i, **{k: v for k, v in image_metrics(renders[i], frames[i]).items()}}
                  for i in range(len(scene.frames))]
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
-            "lens": state.lens.report(), "exposure": state.exposure.report(), "n_gaussians": state.model.n, "iterations": state.step,
+            "lens": state.lens.report(), "exposure": state.exposure.report(),
+            "alignment": state.alignment.report() if state.alignment.enabled else None, "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
 
 
@@ -292,6 +305,7 @@ def run(cfg: FitConfig) -> int:
         "depth": _depth_metrics(scene, result["depth"], cfg),
         "lens": result.get("lens"),
         "exposure": result.get("exposure"),
+        "alignment": result.get("alignment"),
         "n_gaussians": result.get("n_gaussians"),
         "iterations": result.get("iterations"),
     }

@@ -15,6 +15,9 @@ Method (see the README for the measured effect of each part):
    smoothness prior on inverse depth between grid neighbours, which decides
    depth where there is no texture and so no defocus signal.
 4. Optionally refine the lens (``gs_dfd.fit.lens_calibration``).
+5. Register the shots: each frame that shares the reference pose gets a
+   learnable image translation (``gs_dfd.fit.alignment``), started from
+   phase correlation, so that camera shake between shots is not read as blur.
 
 Ground truth (``depth_gt``, ``all_in_focus``) is never read here.
 """
@@ -32,6 +35,7 @@ import torch
 from scipy import ndimage
 
 from gs_dfd.data.scene import Scene
+from gs_dfd.fit.alignment import FrameAlignment, register_frames
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.exposure import FrameExposure
 from gs_dfd.fit.lens_calibration import LensModel
@@ -60,6 +64,9 @@ class GaussianFitSettings:
     calibrate_lens: bool = False
     exposure_compensation: bool = True
     lr_exposure: float = 0.01
+    align_frames: bool = True
+    lr_align_px: float = 0.02
+    max_shift_px: float = 32.0
     backend: str = "auto"
     seed: int = 0
 
@@ -71,6 +78,7 @@ class FitState:
     model: ScreenGaussians
     lens: LensModel
     exposure: FrameExposure
+    alignment: FrameAlignment
     optimizer: torch.optim.Optimizer
     grid_hw: tuple[int, int]
     pose_groups: list[tuple[np.ndarray, list[int]]]  # frames sharing a pose render together
@@ -120,9 +128,18 @@ def initial_depth(frames: np.ndarray, scene: Scene, settings: GaussianFitSetting
 
 
 def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
-                depth_prior_m: np.ndarray | None = None) -> FitState:
+                depth_prior_m: np.ndarray | None = None, depth_prior_frame: int = 0) -> FitState:
+    """``depth_prior_m`` is in the pixel grid of frame ``depth_prior_frame`` (moved to frame 0's here)."""
     torch.manual_seed(settings.seed)
-    inv, colours, conf = initial_depth(frames, scene, settings, depth_prior_m)
+    pose_groups = _pose_groups(scene)
+    movable = [i in pose_groups[0][1] for i in range(len(scene.frames))]  # frames sharing frame 0's pose
+    align = settings.align_frames and sum(movable) > 1
+    shifts = register_frames(frames, movable, settings.max_shift_px) if align else np.zeros((len(frames), 2))
+    alignment = FrameAlignment(shifts, movable, enabled=align)
+    frames_ref = np.stack([alignment.to_reference(f, i) for i, f in enumerate(frames)])  # in frame 0's grid
+    if depth_prior_m is not None:
+        depth_prior_m = alignment.to_reference(depth_prior_m, depth_prior_frame)
+    inv, colours, conf = initial_depth(frames_ref, scene, settings, depth_prior_m)
     model, grid_hw = grid_gaussians(inv, colours, scene.camera, settings.stride,
                                     ref_world_to_cam=scene.world_to_cam(0))
     lens = LensModel.from_scene(scene, settings.calibrate_lens)
@@ -140,11 +157,13 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
     exposure = FrameExposure(len(scene.frames), frames.shape[-1], settings.exposure_compensation)
     if settings.exposure_compensation and len(scene.frames) > 1:
         groups.append({"params": list(exposure.parameters()), "lr": settings.lr_exposure, "name": "exposure"})
+    if alignment.enabled:
+        groups.append({"params": [alignment.shift_px], "lr": settings.lr_align_px, "name": "alignment"})
     for g in groups:
         g["initial_lr"] = g["lr"]  # the schedule's base, kept in checkpoints with the groups
     optimizer = torch.optim.Adam(groups, eps=1e-15)
-    return FitState(model=model, lens=lens, exposure=exposure, optimizer=optimizer, grid_hw=grid_hw,
-                    pose_groups=_pose_groups(scene), init_confidence=conf)
+    return FitState(model=model, lens=lens, exposure=exposure, alignment=alignment, optimizer=optimizer,
+                    grid_hw=grid_hw, pose_groups=pose_groups, init_confidence=conf)
 
 
 def _camera(scene: Scene, pose: np.ndarray) -> PinholeCamera:
@@ -188,8 +207,8 @@ def render_frames(state: FitState, scene: Scene, backend: str, coc_scale: float 
                 model.inv_depth.sub_(inv_depth_offset)
     keys = parts[0].keys()
     stacked = {k: torch.stack([parts[i][k] for i in range(len(scene.frames))]) for k in keys}
-    if coc_scale != 0:  # pinhole renders stay in the Gaussians' (frame 0's) exposure
-        stacked["rgb"] = state.exposure(stacked["rgb"])
+    if coc_scale != 0:  # pinhole renders stay in the Gaussians' (frame 0's) exposure and pixel grid
+        stacked["rgb"] = state.alignment(state.exposure(stacked["rgb"]))
     return stacked
 
 
@@ -206,6 +225,9 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
     ``state`` consistent (the caller saves it).
     """
     target = torch.from_numpy(frames).float()  # [F, H, W, C]
+    m = state.alignment.margin_px()
+    inside = (slice(None), slice(m, frames.shape[1] - m), slice(m, frames.shape[2] - m))  # no repeated borders
+    target = target[inside]
     smooth_weight = None
     if settings.smooth_weight > 0:
         conf = torch.from_numpy(state.init_confidence if state.init_confidence is not None
@@ -221,7 +243,8 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
             group["lr"] = group["initial_lr"] * factor
         state.optimizer.zero_grad(set_to_none=True)
         out = render_frames(state, scene, settings.backend)
-        loss_photo = photometric_loss(out["rgb"], target, settings.ssim_weight)
+        rgb = out["rgb"][inside]
+        loss_photo = photometric_loss(rgb, target, settings.ssim_weight)
         loss = loss_photo
         loss_smooth = torch.zeros(())
         if smooth_weight is not None:
@@ -231,7 +254,7 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         loss.backward()
         state.optimizer.step()
         with torch.no_grad():
-            mse = float(((out["rgb"] - target) ** 2).mean())
+            mse = float(((rgb - target) ** 2).mean())
         record = {"step": state.step, "loss": float(loss.detach()), "photometric": float(loss_photo.detach()),
                   "smooth": float(loss_smooth.detach()), "psnr": -10 * math.log10(max(mse, 1e-12)),
                   "seconds": time.perf_counter() - t0}
@@ -263,6 +286,7 @@ def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) 
         "model": state.model.state_dict(),
         "lens": state.lens.state_dict(),
         "exposure": state.exposure.state_dict(),
+        "alignment": state.alignment.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "grid_hw": state.grid_hw,
         "step": state.step,
@@ -280,6 +304,8 @@ def load_checkpoint(path: Path, state: FitState) -> FitState:
     state.model.load_state_dict(payload["model"])
     state.lens.load_state_dict(payload["lens"])
     state.exposure.load_state_dict(payload["exposure"])
+    if "alignment" in payload:  # checkpoints from before frame alignment have none
+        state.alignment.load_state_dict(payload["alignment"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.step = int(payload["step"])
     state.history = list(payload["history"])
