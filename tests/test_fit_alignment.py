@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from gs_dfd.cli import main
 from gs_dfd.data.images import read_image, write_png
-from gs_dfd.fit.alignment import FrameAlignment, estimate_shift_px, register_frames, translate_images
+from gs_dfd.data.registration import estimate_shift_px, translate_images
+from gs_dfd.fit.alignment import FrameAlignment, register_frames
 
 
 def _texture(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
