@@ -279,7 +279,8 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
                  for i in range(len(scene.frames))]
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
             "lens": state.lens.report(), "exposure": state.exposure.report(),
-            "alignment": state.alignment.report() if state.alignment.enabled else None, "n_gaussians": state.model.n, "iterations": state.step,
+            "alignment": state.alignment.report() if state.alignment.enabled else None,
+            "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
 
 

@@ -225,7 +225,7 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
     ``state`` consistent (the caller saves it).
     """
     target = torch.from_numpy(frames).float()  # [F, H, W, C]
-    m = state.alignment.margin_px()
+    m = min(state.alignment.margin_px(), frames.shape[1] // 4, frames.shape[2] // 4)
     inside = (slice(None), slice(m, frames.shape[1] - m), slice(m, frames.shape[2] - m))  # no repeated borders
     target = target[inside]
     smooth_weight = None
