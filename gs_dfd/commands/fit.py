@@ -66,8 +66,8 @@ class FitConfig:
     exposure_compensation: bool = True
     """Learn a per-frame gain and offset (real stacks change brightness between shots); frame 0 is the reference."""
     align_frames: bool = True
-    """Learn a per-frame image translation of the frames that share frame 0's pose, started from phase
-    correlation (real shots move between exposures; unregistered, the shift is read as blur)."""
+    """Learn a per-frame image translation of the frames that share frame 0's pose and that phase correlation
+    finds offset by 0.5 px or more (real shots move between exposures; unregistered, the shift reads as blur)."""
     max_shift_px: float = 32.0
     """Largest translation between shots that --align-frames searches for (pixels)."""
     init: Literal["auto", "dff", "network", "constant"] = "auto"

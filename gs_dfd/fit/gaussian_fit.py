@@ -67,6 +67,9 @@ class GaussianFitSettings:
     align_frames: bool = True
     lr_align_px: float = 0.02
     max_shift_px: float = 32.0
+    # Shots offset by less are taken as registered: phase correlation reads up to 0.15 px on registered
+    # synthetic stacks, and aligning those cost 0.0035 AbsRel on the five RGB-D stacks.
+    min_shift_px: float = 0.5
     backend: str = "auto"
     seed: int = 0
 
@@ -132,10 +135,12 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
     """``depth_prior_m`` is in the pixel grid of frame ``depth_prior_frame`` (moved to frame 0's here)."""
     torch.manual_seed(settings.seed)
     pose_groups = _pose_groups(scene)
-    movable = [i in pose_groups[0][1] for i in range(len(scene.frames))]  # frames sharing frame 0's pose
-    align = settings.align_frames and sum(movable) > 1
-    shifts = register_frames(frames, movable, settings.max_shift_px) if align else np.zeros((len(frames), 2))
-    alignment = FrameAlignment(shifts, movable, enabled=align)
+    same_pose = [i in pose_groups[0][1] for i in range(len(scene.frames))]  # frames sharing frame 0's pose
+    shifts = (register_frames(frames, same_pose, settings.max_shift_px) if settings.align_frames
+              else np.zeros((len(frames), 2), np.float32))
+    moved = [i > 0 and same and float(np.hypot(*shifts[i])) >= settings.min_shift_px
+             for i, same in enumerate(same_pose)]
+    alignment = FrameAlignment(shifts, moved, enabled=any(moved))
     frames_ref = np.stack([alignment.to_reference(f, i) for i, f in enumerate(frames)])  # in frame 0's grid
     if depth_prior_m is not None:
         depth_prior_m = alignment.to_reference(depth_prior_m, depth_prior_frame)
