@@ -2,9 +2,9 @@
 
 Left alone, the fit explains an offset between shots as blur, and since the
 far-side CoC is bounded, textured edges run off to infinity. So every frame
-that shares the reference frame's pose gets a learnable 2D translation of its
-render, started from phase correlation (``gs_dfd.data.registration``). Frame
-0 is the reference: the Gaussians, depth map and all-in-focus image stay in
+that shares the reference frame's pose and that phase correlation
+(``gs_dfd.data.registration``) finds offset gets a learnable 2D translation of
+its render, started from that estimate. Frame 0 is the reference: the Gaussians, depth map and all-in-focus image stay in
 its pixel grid.
 """
 
@@ -27,7 +27,8 @@ def register_frames(frames: np.ndarray, movable: list[bool], max_shift_px: float
 
 
 class FrameAlignment(nn.Module):
-    """Learnable per-frame translation of the renders; frame 0 and frames with their own pose stay fixed."""
+    """Learnable per-frame translation of the renders; frame 0 and the frames not ``movable`` (another pose, or
+    already registered) stay fixed."""
 
     def __init__(self, init_shift_px: np.ndarray, movable: list[bool], enabled: bool = True):
         super().__init__()
