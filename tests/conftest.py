@@ -76,3 +76,28 @@ def strip_ground_truth(scenes: Path, dest: Path, monkeypatch) -> Path:
     monkeypatch.setattr(Scene, "load_depth_gt", forbidden)
     monkeypatch.setattr(Scene, "load_all_in_focus", forbidden)
     return dest
+
+
+@pytest.fixture
+def interrupt_fit(monkeypatch):
+    """``arm(n)`` makes the per-scene fit raise KeyboardInterrupt (Ctrl-C) at its ``n``-th loss evaluation, so
+    ``n - 1`` steps complete; ``arm(None)`` restores the real loss."""
+    import gs_dfd.fit.gaussian_fit as gaussian_fit
+
+    real = gaussian_fit.photometric_loss
+
+    def arm(n: int | None) -> None:
+        if n is None:
+            monkeypatch.setattr(gaussian_fit, "photometric_loss", real)
+            return
+        calls = {"n": 0}
+
+        def interrupting(*args, **kw):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(*args, **kw)
+
+        monkeypatch.setattr(gaussian_fit, "photometric_loss", interrupting)
+
+    return arm

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gs_dfd.fit.gaussian_fit as gaussian_fit
 from gs_dfd.cli import main
 from gs_dfd.data.scene import load_scene
 from gs_dfd.eval.metrics import depth_metrics
@@ -63,22 +62,13 @@ def test_same_seed_same_result(stack, tmp_path):
     np.testing.assert_array_equal(np.load(a / "depth.npy"), np.load(b / "depth.npy"))
 
 
-def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(stack, tmp_path, monkeypatch, capsys):
-    real = gaussian_fit.photometric_loss
-    calls = {"n": 0}
-
-    def interrupting(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(gaussian_fit, "photometric_loss", interrupting)
+def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(stack, tmp_path, interrupt_fit, capsys):
+    interrupt_fit(4)
     out = tmp_path / "o"
     assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST]) == 130
     assert "interrupted at step 3" in capsys.readouterr().err
     assert not (out / "depth.npy").exists() and (out / "checkpoint.pt").is_file()
-    monkeypatch.setattr(gaussian_fit, "photometric_loss", real)
+    interrupt_fit(None)
     assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST, "--resume"]) == 0
     straight = tmp_path / "straight"
     assert main(["fit", "--scene", str(stack), "--out", str(straight), *FAST]) == 0

@@ -11,7 +11,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-import gs_dfd.fit.gaussian_fit as gaussian_fit
 from gs_dfd.cli import main
 from gs_dfd.data.images import read_image, write_png
 from gs_dfd.data.registration import estimate_shift_px, translate_images
@@ -91,22 +90,13 @@ def test_the_fit_registers_moved_shots_and_reports_the_shift(moved_pair, tmp_pat
     assert aligned["frames"][1]["psnr"] > plain["frames"][1]["psnr"] + 3
 
 
-def test_an_interrupted_aligned_fit_resumes_exactly(moved_pair, tmp_path, monkeypatch):
+def test_an_interrupted_aligned_fit_resumes_exactly(moved_pair, tmp_path, interrupt_fit):
     scene, _ = moved_pair
     flags = ["--iterations", "6", "--no-progress", "--checkpoint-every", "2", "--init", "constant"]
-    real = gaussian_fit.photometric_loss
-    calls = {"n": 0}
-
-    def interrupting(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(gaussian_fit, "photometric_loss", interrupting)
+    interrupt_fit(4)
     out = tmp_path / "o"
     assert main(["fit", "--scene", str(scene), "--out", str(out), *flags]) == 130
-    monkeypatch.setattr(gaussian_fit, "photometric_loss", real)
+    interrupt_fit(None)
     assert main(["fit", "--scene", str(scene), "--out", str(out), *flags, "--resume"]) == 0
     straight = tmp_path / "straight"
     assert main(["fit", "--scene", str(scene), "--out", str(straight), *flags]) == 0
