@@ -2,7 +2,8 @@
 """Where does a single-image prediction's depth error come from? CoC reading vs near/far vs DepthNet.
 
 For each scene of a ``gs-dfd predict`` folder (``PRED/<scene>/coc.npy``, ``depth.npy``, ``prediction.json``)
-or of a folder of ``gs-dfd fit`` outputs (``coc/000.npy``: frame 0), against the scene's ``depth_gt`` (an evaluation tool: it reads ground truth, training never does):
+or of a folder of ``gs-dfd fit`` outputs (``coc/000.npy``: frame 0), against the scene's ``depth_gt`` (an
+evaluation tool: it reads ground truth, training never does):
 
 - ``coc_err_px``: median |predicted CoC - thin-lens CoC of the true depth| (pixels), and its signed median
   (``coc_bias_px``; < 0: the network reads less blur than there is);

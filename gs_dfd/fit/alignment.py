@@ -30,12 +30,12 @@ class FrameAlignment(nn.Module):
     """Learnable per-frame translation of the renders; frame 0 and the frames not ``movable`` (another pose, or
     already registered) stay fixed."""
 
-    def __init__(self, init_shift_px: np.ndarray, movable: list[bool], enabled: bool = True):
+    def __init__(self, init_shift_px: np.ndarray, movable: list[bool]):
         super().__init__()
         n = len(movable)
         assert init_shift_px.shape == (n, 2), (init_shift_px.shape, n)
-        mask = torch.tensor([bool(m) and i > 0 and enabled for i, m in enumerate(movable)], dtype=torch.float32)
-        self.enabled = bool(enabled and mask.any())
+        mask = torch.tensor([bool(m) and i > 0 for i, m in enumerate(movable)], dtype=torch.float32)
+        self.enabled = bool(mask.any())  # False: no frame moves, and every method passes images through
         self.register_buffer("mask", mask[:, None])
         init = torch.tensor(init_shift_px, dtype=torch.float32) * self.mask
         self.register_buffer("init_shift_px", init.clone())

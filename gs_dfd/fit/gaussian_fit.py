@@ -140,7 +140,7 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
               else np.zeros((len(frames), 2), np.float32))
     moved = [i > 0 and same and float(np.hypot(*shifts[i])) >= settings.min_shift_px
              for i, same in enumerate(same_pose)]
-    alignment = FrameAlignment(shifts, moved, enabled=any(moved))
+    alignment = FrameAlignment(shifts, moved)
     frames_ref = np.stack([alignment.to_reference(f, i) for i, f in enumerate(frames)])  # in frame 0's grid
     if depth_prior_m is not None:
         depth_prior_m = alignment.to_reference(depth_prior_m, depth_prior_frame)
