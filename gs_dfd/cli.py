@@ -7,7 +7,9 @@ Subcommands are tyro dataclass configs; their documented fields are the
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
 from typing import Annotated, Callable, Union
 
@@ -16,6 +18,31 @@ import tyro
 from gs_dfd.console import console
 from gs_dfd.errors import GsDfdError, Interrupted
 from gs_dfd.optics.thin_lens import LensError
+
+
+# A single line break inside a paragraph, not before a list item ("- ", "* ", "1. ", "2) ").
+_LINE_CONTINUES = re.compile(r"(?<=\S)\n(?![ \t]*(?:[-*] |\d+[.)] |\n))")
+
+
+def _join_wrapped_field_docs() -> None:
+    """Field docstrings wrapped over several source lines showed in ``--help`` with their line breaks: tyro 1.0
+    joins a docstring's single line breaks before it dedents the text, and only before a letter, so indented
+    continuation lines (and those starting with a bracket or a quote) kept their break. Here the text is dedented
+    first and every single break is joined except before a list item. A no-op if tyro's internals move."""
+    from tyro import _strings
+
+    join = getattr(_strings, "remove_single_line_breaks", None)
+    if join is None or getattr(join, "dedents_first", False):
+        return
+
+    def dedent_then_join(text: str) -> str:
+        return join(_LINE_CONTINUES.sub(" ", inspect.cleandoc(text)))
+
+    dedent_then_join.dedents_first = True  # type: ignore[attr-defined]
+    _strings.remove_single_line_breaks = dedent_then_join
+
+
+_join_wrapped_field_docs()
 
 
 def _commands(argv: list[str] | None = None) -> tuple[object, dict[type, Callable[[object], int]]]:

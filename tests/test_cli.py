@@ -40,6 +40,21 @@ def test_check_bad_scene_is_one_line_without_traceback(tiny_scene):
     assert "Traceback" not in proc.stderr
 
 
+def test_help_joins_docstrings_wrapped_in_the_source():
+    """A field docstring wrapped over source lines is one paragraph in --help (tyro 1.0 kept each indented source
+    line break); list items keep their lines."""
+    import gs_dfd.cli  # noqa: F401  (applies the fix)
+    from tyro import _docstrings, _strings
+
+    from gs_dfd.train.config import TrainConfig
+
+    if not hasattr(_docstrings, "get_field_docstring"):
+        pytest.skip("tyro's internals moved: the fix is a no-op there")
+    doc = _docstrings.get_field_docstring(TrainConfig, "init_weights", ())
+    assert "e.g. on more scenes: the optimiser, step count" in doc, doc
+    assert _strings.remove_single_line_breaks("A list:\n    - one\n    - two\n    (wrapped)") == "A list:\n- one\n- two (wrapped)"
+
+
 def test_debug_shows_traceback(tiny_scene):
     edit_scene_json(tiny_scene, lambda d: d.update(format="other"))
     proc = run_cli("check", "--scene", str(tiny_scene), "--debug")

@@ -146,6 +146,11 @@ def test_init_weights_starts_from_another_runs_weights(scenes, fit_cache, tmp_pa
     gap_tuned = max(float((tuned[k] - source[k]).abs().max()) for k in source if source[k].is_floating_point())
     gap_fresh = max(float((fresh[k] - source[k]).abs().max()) for k in source if source[k].is_floating_point())
     assert gap_tuned < 1e-6 < 1e-4 < gap_fresh, (gap_tuned, gap_fresh)
+    # A checkpoint written before a network setting existed holds that setting's default: still the same network.
+    old = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    del old["model_config"]["depth_net"]["max_log_correction"]
+    torch.save(old, tmp_path / "old.pt")
+    assert _train(scenes, fit_cache, tmp_path / "e", "--steps", "1", "--init-weights", str(tmp_path / "old.pt")) == 0
     capsys.readouterr()
     assert _train(scenes, fit_cache, tmp_path / "d", "--defocus-widths", "4", "8", "8",
                   "--init-weights", str(tmp_path / "a" / "checkpoint.pt")) == 2

@@ -10,7 +10,10 @@ evaluation tool: it reads ground truth, training never does):
 - ``abs_rel``: the network's depth (as ``gs-dfd eval`` scores it);
 - ``abs_rel_far``: the thin-lens solution behind the focus plane of the predicted CoC, no DepthNet;
 - ``abs_rel_true_side``: the thin-lens solution of the predicted CoC on the true side of the focus plane
-  (an oracle gate: what a perfect near/far choice would give with this CoC).
+  (an oracle gate: what a perfect near/far choice would give with this CoC);
+- ``near_fraction``: the share of valid pixels in front of the focus plane; ``near_right`` / ``far_right``: the
+  share of those in front / behind that the predicted depth puts on the same side (nan without any; the mean
+  skips nan).
 
     python tools/diagnose_predict.py --predictions out/benchmark/predictions/synthetic/gs_siamese \\
         --scenes data_local/bench/full/synthetic
@@ -69,10 +72,16 @@ def diagnose_scene(pred_dir: Path, scene_dir: Path, lo: float, hi: float) -> dic
     def abs_rel(p: np.ndarray) -> float:
         return depth_metrics(p.astype(np.float32), gt, lo, hi)["abs_rel"]
 
+    def side_right(truth: np.ndarray, predicted: np.ndarray) -> float:
+        sel = valid & truth
+        return float(np.mean(predicted[sel])) if sel.any() else float("nan")
+
     err = (coc - true_coc)[valid]
     return {"coc_err_px": float(np.median(np.abs(err))), "coc_bias_px": float(np.median(err)),
             "abs_rel": abs_rel(depth), "abs_rel_far": abs_rel(far), "abs_rel_true_side": abs_rel(true_side),
-            "near_fraction": float(np.mean(gt[valid] < lens.focus_distance_m))}
+            "near_fraction": float(np.mean(gt[valid] < lens.focus_distance_m)),
+            "near_right": side_right(gt < lens.focus_distance_m, depth < lens.focus_distance_m),
+            "far_right": side_right(gt > lens.focus_distance_m, depth > lens.focus_distance_m)}
 
 
 def main(cfg: DiagnoseConfig) -> int:
@@ -88,11 +97,12 @@ def main(cfg: DiagnoseConfig) -> int:
     console.print(f"{'scene':<22} " + " ".join(f"{k:>17}" for k in keys))
     for r in rows:
         console.print(f"{r['scene']:<22} " + " ".join(f"{r[k]:17.3f}" for k in keys))
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     console.print(f"{'mean':<22} " + " ".join(f"{mean[k]:17.3f}" for k in keys))
     if cfg.json is not None:
         cfg.json.parent.mkdir(parents=True, exist_ok=True)
-        cfg.json.write_text(json.dumps({"rows": rows, "mean": mean}, indent=2))
+        strict = lambda row: {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()}  # noqa: E731
+        cfg.json.write_text(json.dumps({"rows": [strict(r) for r in rows], "mean": strict(mean)}, indent=2))
     return 0
 
 

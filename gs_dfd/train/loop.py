@@ -25,7 +25,7 @@ from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.models.lens_code import coc_scale_px
 from gs_dfd.train import losses as L
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC
-from gs_dfd.train.checkpoint import export_weights, load_checkpoint, new_model, save_checkpoint
+from gs_dfd.train.checkpoint import build_model, export_weights, load_checkpoint, new_model, save_checkpoint
 from gs_dfd.train.config import SIAMESE_METHODS, SUPERVISED_METHODS, TrainConfig
 from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.fit_cache import ensure_fits
@@ -69,7 +69,8 @@ def _check_same_network(ck: dict, cfg: TrainConfig, model_config: dict, path: Pa
     """A checkpoint to continue from (--resume) or start from (--init-weights) must hold this run's network."""
     if (ck.get("method") or "gs-siamese") != cfg.method:
         raise InputError(path, f"was trained with --method {ck.get('method')}, not {cfg.method}", field)
-    if ck.get("model_config") != model_config:
+    # Compare as this version reads them: a checkpoint from before a setting existed has that setting's default.
+    if build_model(ck.get("model_config") or {}, cfg.method).model_config() != model_config:
         raise InputError(path, "was trained with different network settings", field)
 
 
