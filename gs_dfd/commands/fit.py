@@ -31,7 +31,7 @@ from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
-    GaussianFitSettings, build_state, depth_sensitivity, fit_gaussians, load_checkpoint, render_frames,
+    GaussianFitSettings, build_state, depth_confidence, fit_gaussians, load_checkpoint, render_frames,
     save_checkpoint,
 )
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
@@ -57,6 +57,10 @@ class FitConfig:
     """One Gaussian per stride x stride pixel block (gs); 1 = one per pixel (slower, sharper)."""
     smooth_weight: float = 0.02
     """Weight of the edge-aware inverse-depth smoothness prior (fills textureless regions)."""
+    propagate: bool = True
+    """After 5/6 of the steps, carry depth from textured pixels into textureless ones along surfaces of one colour
+    (one edge-aware linear solve; the optimiser's local smoothness prior cannot reach across a wall); the last
+    steps settle what moved."""
     ssim_weight: float = 0.2
     """Weight of 1 - SSIM against L1 in the photometric loss."""
     lr_inv_depth: float = 0.01
@@ -106,7 +110,8 @@ class FitConfig:
                                    calibrate_lens=self.calibrate_lens,
                                    exposure_compensation=self.exposure_compensation, init_depth_m=self.init_depth_m,
                                    align_frames=self.align_frames, max_shift_px=self.max_shift_px,
-                                   dff_window_px=self.dff_window_px, backend=self.backend, seed=self.seed)
+                                   dff_window_px=self.dff_window_px, backend=self.backend, seed=self.seed,
+                                   **({} if self.propagate else {"propagate_smoothness": 0.0}))
 
 
 def _validate(cfg: FitConfig) -> None:
@@ -255,6 +260,10 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
         bar.close()
     save_checkpoint(ckpt, state, settings)
 
+    if state.propagation is not None:
+        console.print(f"depth propagated into textureless regions at step {state.propagation['step']}: "
+                      f"{100 * state.propagation['moved_over_10_percent']:.0f}% of the Gaussians moved by > 10%")
+    confidence = depth_confidence(state, scene, settings.backend)
     with torch.no_grad():
         sharp = render_frames(state, scene, settings.backend, coc_scale=0.0)
         blurred = render_frames(state, scene, settings.backend, return_coc=True)
@@ -262,9 +271,6 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     depth_raw = sharp["depth"][0, ..., 0].numpy()
     depth = (fill_nearest(depth_raw, alpha > 0.5) if (alpha > 0.5).any() else depth_raw).astype(np.float32)
     aif = sharp["rgb"][0].clamp(0, 1).numpy()
-    sensitivity = depth_sensitivity(state, scene, settings.backend)
-    # Half confidence at a change of 0.02 image units per 1/m of inverse depth, summed over channels.
-    confidence = (sensitivity / (sensitivity + 0.02)).astype(np.float32) * np.clip(alpha, 0, 1)
     renders = blurred["rgb"].clamp(0, 1).numpy()
     for i in range(len(scene.frames)):
         write_png(cfg.out / "renders" / f"{i:03d}.png", renders[i])
@@ -280,6 +286,7 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
             "lens": state.lens.report(), "exposure": state.exposure.report(),
             "alignment": state.alignment.report() if state.alignment.enabled else None,
+            "propagation": state.propagation,
             "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
 
@@ -307,6 +314,7 @@ def run(cfg: FitConfig) -> int:
         "lens": result.get("lens"),
         "exposure": result.get("exposure"),
         "alignment": result.get("alignment"),
+        "propagation": result.get("propagation"),
         "n_gaussians": result.get("n_gaussians"),
         "iterations": result.get("iterations"),
     }
