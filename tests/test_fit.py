@@ -115,8 +115,8 @@ def test_shared_non_identity_pose_gives_the_same_depth(stack, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     # Without the depth propagation: it works on the screen-space grid whatever the pose, and its solve spreads
     # the pose's float32 round-off over the textureless pixels that only it decides (median 0.3% here).
-    assert main(["fit", "--scene", str(stack), "--out", str(a), *FAST, "--no-propagate"]) == 0
-    assert main(["fit", "--scene", str(posed), "--out", str(b), *FAST, "--no-propagate"]) == 0
+    assert main(["fit", "--scene", str(stack), "--out", str(a), *FAST, "--propagate", "off"]) == 0
+    assert main(["fit", "--scene", str(posed), "--out", str(b), *FAST, "--propagate", "off"]) == 0
     # Same up to float32 round-off of the pose transform, which a few optimisation steps amplify where a
     # splat sits on an alpha threshold.
     rel = np.abs(np.load(b / "depth.npy") / np.load(a / "depth.npy") - 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def wall_scene(tmp_path_factory) -> Path:
 def test_the_fit_fills_a_textureless_wall_from_its_textured_edge(wall_scene, tmp_path):
     flags = ["--iterations", "60", "--no-progress", "--init", "constant", "--init-depth-m", "3.5"]
     assert main(["fit", "--scene", str(wall_scene), "--out", str(tmp_path / "p"), *flags]) == 0
-    assert main(["fit", "--scene", str(wall_scene), "--out", str(tmp_path / "n"), *flags, "--no-propagate"]) == 0
+    assert main(["fit", "--scene", str(wall_scene), "--out", str(tmp_path / "n"), *flags, "--propagate", "off"]) == 0
     gt = np.tile(np.linspace(1.2, 2.4, 96, dtype=np.float32), (48, 1))
     wall = (slice(24, 48), slice(8, 88))  # well inside the wall, away from the image border
 
@@ -76,3 +77,19 @@ def test_the_fit_fills_a_textureless_wall_from_its_textured_edge(wall_scene, tmp
     report = json.loads((tmp_path / "p" / "metrics.json").read_text())["propagation"]
     assert report["step"] == 50 and report["moved_over_10_percent"] > 0.3
     assert json.loads((tmp_path / "n" / "metrics.json").read_text())["propagation"] is None
+
+
+def test_auto_propagates_focal_stacks_but_not_aperture_pairs(wall_scene, tmp_path):
+    """An aperture pair's textured depth may sit on the wrong side of the focus plane: auto leaves it alone."""
+    pair = tmp_path / "pair"
+    shutil.copytree(wall_scene, pair)
+    data = json.loads((pair / "scene.json").read_text())
+    data["frames"] = [dict(data["frames"][1]), dict(data["frames"][1], f_number=16.0)]
+    (pair / "scene.json").write_text(json.dumps(data))
+    flags = ["--iterations", "6", "--no-progress", "--init", "constant"]
+    for scene, out, expected in ((wall_scene, "stack_fit", True), (pair, "pair_fit", False)):
+        assert main(["fit", "--scene", str(scene), "--out", str(tmp_path / out), *flags]) == 0
+        report = json.loads((tmp_path / out / "metrics.json").read_text())["propagation"]
+        assert (report is not None) == expected, (out, report)
+    assert main(["fit", "--scene", str(pair), "--out", str(tmp_path / "on"), *flags, "--propagate", "on"]) == 0
+    assert json.loads((tmp_path / "on" / "metrics.json").read_text())["propagation"] is not None

@@ -57,10 +57,12 @@ class FitConfig:
     """One Gaussian per stride x stride pixel block (gs); 1 = one per pixel (slower, sharper)."""
     smooth_weight: float = 0.02
     """Weight of the edge-aware inverse-depth smoothness prior (fills textureless regions)."""
-    propagate: bool = True
+    propagate: Literal["auto", "on", "off"] = "auto"
     """After 5/6 of the steps, carry depth from textured pixels into textureless ones along surfaces of one colour
     (one edge-aware linear solve; the optimiser's local smoothness prior cannot reach across a wall); the last
-    steps settle what moved."""
+    steps settle what moved. auto: on for focal stacks (two or more focus distances); off for single-focus stacks
+    such as aperture pairs, whose textured depth can sit on the wrong side of the focus plane (it would spread
+    that) and whose network start already fills textureless regions."""
     ssim_weight: float = 0.2
     """Weight of 1 - SSIM against L1 in the photometric loss."""
     lr_inv_depth: float = 0.01
@@ -104,14 +106,21 @@ class FitConfig:
     debug: bool = False
     """Show full tracebacks instead of one-line errors."""
 
-    def settings(self) -> GaussianFitSettings:
+    def settings(self, scene: Scene) -> GaussianFitSettings:
         return GaussianFitSettings(iterations=self.iterations, stride=self.stride, smooth_weight=self.smooth_weight,
                                    ssim_weight=self.ssim_weight, lr_inv_depth=self.lr_inv_depth,
                                    calibrate_lens=self.calibrate_lens,
                                    exposure_compensation=self.exposure_compensation, init_depth_m=self.init_depth_m,
                                    align_frames=self.align_frames, max_shift_px=self.max_shift_px,
                                    dff_window_px=self.dff_window_px, backend=self.backend, seed=self.seed,
-                                   **({} if self.propagate else {"propagate_smoothness": 0.0}))
+                                   **({} if self.propagates(scene) else {"propagate_smoothness": 0.0}))
+
+    def propagates(self, scene: Scene) -> bool:
+        return self.propagate == "on" or (self.propagate == "auto" and _focus_count(scene) >= 2)
+
+
+def _focus_count(scene: Scene) -> int:
+    return len({f.focus_distance_m for f in scene.frames})
 
 
 def _validate(cfg: FitConfig) -> None:
@@ -201,7 +210,7 @@ def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
 def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> tuple[np.ndarray | None, int]:
     """(depth, the frame it was predicted on) from the trained network for --init network (or auto on
     single-focus stacks), else (None, 0)."""
-    n_focus = len({f.focus_distance_m for f in scene.frames})
+    n_focus = _focus_count(scene)
     if cfg.init == "dff" and n_focus < 2:
         raise InputError(scene.json_path, "--init dff needs frames with at least two distinct focus distances", "frames")
     if cfg.init in ("dff", "constant") or (cfg.init == "auto" and n_focus >= 2):
@@ -221,7 +230,7 @@ def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> tuple[np
 
 
 def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
-    settings = cfg.settings()
+    settings = cfg.settings(scene)
     prior_m, prior_frame = _network_prior(cfg, scene, frames)
     state = build_state(scene, frames, settings, depth_prior_m=prior_m, depth_prior_frame=prior_frame)
     if state.alignment.enabled:
