@@ -93,3 +93,22 @@ def test_auto_propagates_focal_stacks_but_not_aperture_pairs(wall_scene, tmp_pat
         assert (report is not None) == expected, (out, report)
     assert main(["fit", "--scene", str(pair), "--out", str(tmp_path / "on"), *flags, "--propagate", "on"]) == 0
     assert json.loads((tmp_path / "on" / "metrics.json").read_text())["propagation"] is not None
+
+
+def test_compare_fits_tool_draws_one_panel_and_refuses_a_folder_without_depth(wall_scene, tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    fits = []
+    for name, scale in (("a", 1.0), ("b", 1.1)):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "depth.npy", (scale * np.tile(np.linspace(1.2, 2.4, 96), (48, 1))).astype(np.float32))
+        fits.append(str(tmp_path / name))
+    (tmp_path / "a" / "metrics.json").write_text(json.dumps({"depth": {"abs_rel": 0.0, "delta1": 1.0}}))
+    cmd = [sys.executable, str(repo / "tools" / "compare_fits.py"), "--scene", str(wall_scene), "--out"]
+    ok = subprocess.run([*cmd, str(tmp_path / "cmp.png"), "--fits", *fits], capture_output=True, text=True)
+    assert ok.returncode == 0 and (tmp_path / "cmp.png").stat().st_size > 1000, ok.stderr
+    bad = subprocess.run([*cmd, str(tmp_path / "bad.png"), "--fits", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "depth.npy" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad.png").exists()
