@@ -158,6 +158,23 @@ def test_init_weights_starts_from_another_runs_weights(scenes, fit_cache, tmp_pa
     assert len(err.splitlines()) == 1 and "--init-weights" in err and "network settings" in err
 
 
+def test_fit_cache_entries_are_keyed_by_propagation(scenes, fit_cache, tmp_path):
+    """An entry is reused only with the --propagate it was fitted with; one from before the option existed counts
+    as fitted without propagation (off)."""
+    import shutil
+
+    from gs_dfd.train.fit_cache import is_cached
+
+    scene = find_scenes([scenes])[0]
+    assert is_cached(scene, fit_cache, 20, "auto") and not is_cached(scene, fit_cache, 20, "off")
+    old = tmp_path / "old"
+    shutil.copytree(fit_cache / scene.name, old / scene.name)
+    cfg = json.loads((old / scene.name / "config.json").read_text())
+    del cfg["propagate"]
+    (old / scene.name / "config.json").write_text(json.dumps(cfg))
+    assert is_cached(scene, old, 20, "off") and not is_cached(scene, old, 20, "auto")
+
+
 def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"scenes: [{scenes}]\nfit_cache: {fit_cache}\nsteps: 3\nbatch_size: 2\ncrop_hw: [48, 64]\n"
@@ -169,6 +186,14 @@ def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):
     assert resolved["weights"]["smooth"] == 0.5 and resolved["defocus_net"]["defocus_widths"] == [4, 8, 8]
     model, _ = model_from_checkpoint(out / "model.pt")
     assert model.defocus.cfg.defocus_widths == (4, 8, 8)
+
+
+def test_yaml_bare_off_means_off(tmp_path):
+    """YAML 1.1 reads a bare ``off`` as false; for an on/off choice it means "off"."""
+    from gs_dfd.train.config import load_yaml_defaults
+
+    (tmp_path / "c.yaml").write_text("fit_propagate: off\n")
+    assert load_yaml_defaults(tmp_path / "c.yaml", tmp_path / "run").fit_propagate == "off"
 
 
 def test_bad_yaml_config_is_one_line_error(tmp_path, capsys):

@@ -53,6 +53,9 @@ class TrainConfig:
     """Where the per-scene Gaussian fits are cached (default: OUT/fits); reused across runs (gs-siamese, dered)."""
     fit_iterations: int = 80
     """Optimisation steps of each scene's one-off Gaussian fit."""
+    fit_propagate: Literal["auto", "on", "off"] = "auto"
+    """The one-off fits' --propagate (gs-dfd fit). The shipped checkpoint's fits were made before propagation
+    existed, so its configs say off; a cache entry is reused only with the same setting."""
     steps: int = 2000
     """Optimiser steps."""
     batch_size: int = 4
@@ -111,6 +114,8 @@ def _coerce(tp: typing.Any, value: typing.Any, where: str, path: Path) -> typing
             return None
         return _coerce([a for a in args if a is not type(None)][0], value, where, path)
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):  # YAML 1.1 reads a bare on/off as a bool
+            value = "on" if value else "off"
         if value not in args:
             raise InputError(path, f"must be one of {', '.join(map(str, args))} (got {value!r})", where)
         return value

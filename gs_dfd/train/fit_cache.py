@@ -3,7 +3,8 @@
 A cache entry is the output folder of ``gs-dfd fit`` run with
 ``--no-evaluate`` (no ground truth read): ``gaussians.ply`` (the 3D model),
 ``depth.npy`` and ``confidence.npy`` (the anchor). An entry is reused when
-its ``config.json`` records the same scene and iteration count.
+its ``config.json`` records the same scene, iteration count and ``--propagate``
+(entries from before that option existed were fitted without propagation).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def cache_dir_for(scene_dir: Path, cache_root: Path) -> Path:
     return cache_root / scene_dir.name
 
 
-def is_cached(scene_dir: Path, cache_root: Path, iterations: int) -> bool:
+def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str = "auto") -> bool:
     entry = cache_dir_for(scene_dir, cache_root)
     if not all((entry / f).is_file() for f in CACHE_FILES):
         return False
@@ -28,19 +29,20 @@ def is_cached(scene_dir: Path, cache_root: Path, iterations: int) -> bool:
         cfg = json.loads((entry / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
+    return (int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
+            and cfg.get("propagate", "off") == propagate)
 
 
 def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backend: str = "auto",
-                progress: bool = True) -> list[Path]:
+                progress: bool = True, propagate: str = "auto") -> list[Path]:
     """Fit every scene that has no valid cache entry; returns the entries in ``scene_dirs``' order."""
     from gs_dfd.commands.fit import FitConfig, run as run_fit
 
-    todo = [s for s in scene_dirs if not is_cached(s, cache_root, iterations)]
+    todo = [s for s in scene_dirs if not is_cached(s, cache_root, iterations, propagate)]
     if todo:
         console.print(f"fitting {len(todo)} of {len(scene_dirs)} training scenes once ({iterations} steps each) "
                       f"into the cache {cache_root}")
     for scene in console.progress(todo, "fit cache", enabled=progress and bool(todo)):
         run_fit(FitConfig(scene=scene, out=cache_dir_for(scene, cache_root), iterations=iterations, evaluate=False,
-                          backend=backend, overwrite=True, progress=False))
+                          backend=backend, overwrite=True, progress=False, propagate=propagate))
     return [cache_dir_for(s, cache_root) for s in scene_dirs]

@@ -221,7 +221,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
                 old.unlink()
         write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
         if needs_fit:
-            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress)
+            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress, cfg.fit_propagate)
     run.barrier()
     t_fit = time.perf_counter() - t_start
     scenes = [load_train_scene(s, cache / s.name if needs_fit else None, supervised=cfg.supervised,
