@@ -31,8 +31,8 @@ from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
-    GaussianFitSettings, build_state, depth_confidence, fit_gaussians, load_checkpoint, render_frames,
-    save_checkpoint,
+    GaussianFitSettings, build_state, depth_confidence, depth_sensitivity, fit_gaussians, load_checkpoint,
+    render_frames, save_checkpoint,
 )
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
 from gs_dfd.utils.fill import fill_nearest
@@ -272,7 +272,6 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     if state.propagation is not None:
         console.print(f"depth propagated into textureless regions at step {state.propagation['step']}: "
                       f"{100 * state.propagation['moved_over_10_percent']:.0f}% of the Gaussians moved by > 10%")
-    confidence = depth_confidence(state, scene, settings.backend)
     with torch.no_grad():
         sharp = render_frames(state, scene, settings.backend, coc_scale=0.0)
         blurred = render_frames(state, scene, settings.backend, return_coc=True)
@@ -280,6 +279,7 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     depth_raw = sharp["depth"][0, ..., 0].numpy()
     depth = (fill_nearest(depth_raw, alpha > 0.5) if (alpha > 0.5).any() else depth_raw).astype(np.float32)
     aif = sharp["rgb"][0].clamp(0, 1).numpy()
+    confidence = depth_confidence(depth_sensitivity(state, scene, settings.backend), alpha)
     renders = blurred["rgb"].clamp(0, 1).numpy()
     for i in range(len(scene.frames)):
         write_png(cfg.out / "renders" / f"{i:03d}.png", renders[i])

@@ -302,19 +302,10 @@ def depth_sensitivity(state: FitState, scene: Scene, backend: str, delta_inv_m: 
 SENSITIVITY_HALF_CONFIDENCE = 0.02
 
 
-def depth_confidence(state: FitState, scene: Scene, backend: str) -> np.ndarray:
-    """``[H, W]`` in [0, 1]: how well the frames pin the depth at each pixel, zero where no Gaussian covers it."""
-    return _confidence(*_sensitivity_and_alpha(state, scene, backend))
-
-
-def _sensitivity_and_alpha(state: FitState, scene: Scene, backend: str) -> tuple[np.ndarray, np.ndarray]:
-    with torch.no_grad():
-        alpha = render_frames(state, scene, backend, coc_scale=0.0)["alpha"][0, ..., 0].numpy()
-    return depth_sensitivity(state, scene, backend), np.clip(alpha, 0, 1)
-
-
-def _confidence(sensitivity: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    return (sensitivity / (sensitivity + SENSITIVITY_HALF_CONFIDENCE) * alpha).astype(np.float32)
+def depth_confidence(sensitivity: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``[H, W]`` in [0, 1] from :func:`depth_sensitivity` and the sharp render's alpha ``[H, W]``: how well the
+    frames pin the depth at each pixel, zero where no Gaussian covers it."""
+    return (sensitivity / (sensitivity + SENSITIVITY_HALF_CONFIDENCE) * np.clip(alpha, 0, 1)).astype(np.float32)
 
 
 def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings) -> dict:
@@ -334,7 +325,9 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     gh, gw = state.grid_hw
     s = settings.stride
     assert state.model.n == gh * gw, (state.model.n, state.grid_hw)
-    sensitivity, alpha = _sensitivity_and_alpha(state, scene, settings.backend)
+    with torch.no_grad():
+        alpha = render_frames(state, scene, settings.backend, coc_scale=0.0)["alpha"][0, ..., 0].clamp(0, 1).numpy()
+    sensitivity = depth_sensitivity(state, scene, settings.backend)
     curvature = (sensitivity / SENSITIVITY_HALF_CONFIDENCE * alpha) ** 2
     block_weight = curvature[:gh * s, :gw * s].reshape(gh, s, gw, s).mean(axis=(1, 3))
     with torch.no_grad():
