@@ -4,8 +4,8 @@ Left alone, the fit explains an offset between shots as blur, and since the
 far-side CoC is bounded, textured edges run off to infinity. So every frame
 that shares the reference frame's pose and that phase correlation
 (``gs_dfd.data.registration``) finds offset gets a learnable 2D translation of
-its render, started from that estimate. Frame 0 is the reference: the Gaussians, depth map and all-in-focus image stay in
-its pixel grid.
+its render, started from that estimate. Frame 0 is the reference: the
+Gaussians, depth map and all-in-focus image stay in its pixel grid.
 """
 
 from __future__ import annotations

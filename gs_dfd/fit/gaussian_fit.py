@@ -44,7 +44,7 @@ from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.exposure import FrameExposure
 from gs_dfd.fit.lens_calibration import LensModel
 from gs_dfd.fit.losses import edge_aware_grid_smoothness, photometric_loss
-from gs_dfd.fit.model import ScreenGaussians, grid_gaussians
+from gs_dfd.fit.model import ScreenGaussians, block_mean, grid_gaussians
 from gs_dfd.fit.propagation import propagate_inverse_depth
 from gs_dfd.render.api import PinholeCamera, render_defocus
 
@@ -249,9 +249,7 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
     if settings.smooth_weight > 0:
         conf = torch.from_numpy(state.init_confidence if state.init_confidence is not None
                                 else np.zeros(frames.shape[1:3], np.float32))
-        gh, gw = state.grid_hw
-        s = settings.stride
-        block_conf = conf[: gh * s, : gw * s].reshape(gh, s, gw, s).mean(dim=(1, 3)).reshape(-1)
+        block_conf = block_mean(conf, settings.stride).reshape(-1)
         smooth_weight = 1.0 - 0.5 * block_conf  # the prior matters most where the data says least
     propagate_step = round(settings.iterations * settings.propagate_at_fraction)
     while state.step < settings.iterations:
@@ -323,13 +321,13 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     stack (0.045 -> 0.060): it weighs half-confident Gaussians far less than their curvature does.
     """
     gh, gw = state.grid_hw
-    s = settings.stride
     assert state.model.n == gh * gw, (state.model.n, state.grid_hw)
     with torch.no_grad():
         alpha = render_frames(state, scene, settings.backend, coc_scale=0.0)["alpha"][0, ..., 0].clamp(0, 1).numpy()
     sensitivity = depth_sensitivity(state, scene, settings.backend)
     curvature = (sensitivity / SENSITIVITY_HALF_CONFIDENCE * alpha) ** 2
-    block_weight = curvature[:gh * s, :gw * s].reshape(gh, s, gw, s).mean(axis=(1, 3))
+    block_weight = block_mean(curvature, settings.stride)
+    assert block_weight.shape == (gh, gw), (block_weight.shape, state.grid_hw)
     with torch.no_grad():
         q = state.model.inv_depth.numpy().reshape(gh, gw).copy()
         guide = torch.sigmoid(state.model.color_logit).numpy().reshape(gh, gw, -1)

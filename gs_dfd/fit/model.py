@@ -103,6 +103,13 @@ def _logit(p: np.ndarray | float) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def block_mean(values, stride: int):
+    """Mean over each ``stride x stride`` pixel block, the Gaussian grid's cells: ``[H, W, ...]`` ->
+    ``[H // stride, W // stride, ...]`` (numpy array or torch tensor; the ragged last rows/columns are dropped)."""
+    gh, gw = values.shape[0] // stride, values.shape[1] // stride
+    return values[:gh * stride, :gw * stride].reshape(gh, stride, gw, stride, *values.shape[2:]).mean(axis=(1, 3))
+
+
 def grid_gaussians(inv_depth_map: np.ndarray, colour_map: np.ndarray, camera: Camera, stride: int,
                    opacity: float = 0.9, ref_world_to_cam: np.ndarray | None = None) -> tuple[ScreenGaussians, tuple[int, int]]:
     """One Gaussian per ``stride x stride`` pixel block at the block's mean inverse depth and colour.
@@ -110,11 +117,8 @@ def grid_gaussians(inv_depth_map: np.ndarray, colour_map: np.ndarray, camera: Ca
     inv_depth_map: ``[H, W]`` 1/m; colour_map: ``[H, W, C]``. Returns the model
     and its grid shape (rows, cols) for grid-neighbour priors.
     """
-    h, w = inv_depth_map.shape
-    gh, gw = h // stride, w // stride
-    crop = (slice(0, gh * stride), slice(0, gw * stride))
-    q = inv_depth_map[crop].reshape(gh, stride, gw, stride).mean(axis=(1, 3))
-    col = colour_map[crop].reshape(gh, stride, gw, stride, -1).mean(axis=(1, 3))
+    q, col = block_mean(inv_depth_map, stride), block_mean(colour_map, stride)
+    gh, gw = q.shape
     jj, ii = np.meshgrid(np.arange(gw), np.arange(gh))
     uv = np.stack([(jj + 0.5) * stride, (ii + 0.5) * stride], -1).reshape(-1, 2)
     n = gh * gw
