@@ -87,6 +87,24 @@ def test_dff_method_and_bad_input(stack, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["fit", "--scene", str(stack), "--out", str(tmp_path / "y"), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["fit", "--scene", str(stack), "--out", str(tmp_path / "z"), "--sigma-per-coc", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--sigma-per-coc" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "z").exists()
+
+
+def test_the_blur_model_reaches_the_renderer(stack, tmp_path):
+    """--sigma-per-coc is the width of every rendered blur: a wider one renders the defocused frames smoother."""
+    import imageio.v3 as iio
+
+    sharpness = {}
+    for k in ("0.25", "0.5"):
+        out = tmp_path / k
+        assert main(["fit", "--scene", str(stack), "--out", str(out), "--iterations", "1", "--no-progress",
+                     "--sigma-per-coc", k]) == 0
+        assert json.loads((out / "config.json").read_text())["sigma_per_coc"] == float(k)
+        frames = [iio.imread(p).astype(np.float64) for p in sorted((out / "renders").glob("*.png"))]
+        sharpness[k] = [np.mean(np.abs(np.diff(f, axis=1))) for f in frames]
+    assert all(b < a for a, b in zip(sharpness["0.25"], sharpness["0.5"])), sharpness
 
 
 def test_fit_improves_on_its_dff_start(stack, tmp_path):

@@ -158,21 +158,23 @@ def test_init_weights_starts_from_another_runs_weights(scenes, fit_cache, tmp_pa
     assert len(err.splitlines()) == 1 and "--init-weights" in err and "network settings" in err
 
 
-def test_fit_cache_entries_are_keyed_by_propagation(scenes, fit_cache, tmp_path):
-    """An entry is reused only with the --propagate it was fitted with; one from before the option existed counts
-    as fitted without propagation (off)."""
+def test_fit_cache_entries_are_keyed_by_propagation_and_blur_model(scenes, fit_cache, tmp_path):
+    """An entry is reused only with the --propagate and --sigma-per-coc it was fitted with; one from before those
+    options existed counts as fitted without propagation (off) and with sigma 0.25 c."""
     import shutil
 
     from gs_dfd.train.fit_cache import is_cached
 
     scene = find_scenes([scenes])[0]
-    assert is_cached(scene, fit_cache, 20, "auto") and not is_cached(scene, fit_cache, 20, "off")
+    assert is_cached(scene, fit_cache, 20, "auto", 0.275) and not is_cached(scene, fit_cache, 20, "off", 0.275)
+    assert not is_cached(scene, fit_cache, 20, "auto", 0.25)
     old = tmp_path / "old"
     shutil.copytree(fit_cache / scene.name, old / scene.name)
     cfg = json.loads((old / scene.name / "config.json").read_text())
-    del cfg["propagate"]
+    del cfg["propagate"], cfg["sigma_per_coc"]
     (old / scene.name / "config.json").write_text(json.dumps(cfg))
     assert is_cached(scene, old, 20, "off") and not is_cached(scene, old, 20, "auto")
+    assert not is_cached(scene, old, 20, "off", 0.275)
 
 
 def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):

@@ -359,8 +359,8 @@ IGNORED_KEYS = {"command", "out", "config", "resume", "overwrite", "progress", "
 IGNORED_BY_METHOD = {
     "gs-siamese": {"d3net", "mddnet"},
     "dered": {"d3net", "mddnet"},
-    "d3net": {"fit_iterations", "defocus_net", "depth_net", "mddnet", "weights"},
-    "mddnet": {"fit_iterations", "defocus_net", "depth_net", "d3net"},
+    "d3net": {"fit_iterations", "fit_propagate", "fit_sigma_per_coc", "defocus_net", "depth_net", "mddnet", "weights"},
+    "mddnet": {"fit_iterations", "fit_propagate", "fit_sigma_per_coc", "defocus_net", "depth_net", "d3net"},
 }
 """Sections a method never reads (a d3net run does not depend on DefocusNet's widths)."""
 

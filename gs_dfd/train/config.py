@@ -56,6 +56,10 @@ class TrainConfig:
     fit_propagate: Literal["auto", "on", "off"] = "auto"
     """The one-off fits' --propagate (gs-dfd fit). The shipped checkpoint's fits were made before propagation
     existed, so its configs say off; a cache entry is reused only with the same setting."""
+    fit_sigma_per_coc: float = 0.275
+    """The blur model the one-off fits and loss (a)'s re-render share: Gaussian sigma per CoC diameter (gs-dfd fit
+    --sigma-per-coc). The shipped checkpoint was trained with 0.25 (its configs say so); a cache entry is reused
+    only with the same value."""
     steps: int = 2000
     """Optimiser steps."""
     batch_size: int = 4

@@ -3,8 +3,9 @@
 A cache entry is the output folder of ``gs-dfd fit`` run with
 ``--no-evaluate`` (no ground truth read): ``gaussians.ply`` (the 3D model),
 ``depth.npy`` and ``confidence.npy`` (the anchor). An entry is reused when
-its ``config.json`` records the same scene, iteration count and ``--propagate``
-(entries from before that option existed were fitted without propagation).
+its ``config.json`` records the same scene, iteration count, ``--propagate`` and
+``--sigma-per-coc`` (entries from before those options existed were fitted
+without propagation and with sigma = 0.25 c).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def cache_dir_for(scene_dir: Path, cache_root: Path) -> Path:
     return cache_root / scene_dir.name
 
 
-def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str = "auto") -> bool:
+def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str = "auto",
+              sigma_per_coc: float = 0.25) -> bool:
     entry = cache_dir_for(scene_dir, cache_root)
     if not all((entry / f).is_file() for f in CACHE_FILES):
         return False
@@ -30,19 +32,21 @@ def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str
     except (OSError, ValueError):
         return False
     return (int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
-            and cfg.get("propagate", "off") == propagate)
+            and cfg.get("propagate", "off") == propagate
+            and abs(float(cfg.get("sigma_per_coc", 0.25)) - sigma_per_coc) < 1e-9)
 
 
 def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backend: str = "auto",
-                progress: bool = True, propagate: str = "auto") -> list[Path]:
+                progress: bool = True, propagate: str = "auto", sigma_per_coc: float = 0.25) -> list[Path]:
     """Fit every scene that has no valid cache entry; returns the entries in ``scene_dirs``' order."""
     from gs_dfd.commands.fit import FitConfig, run as run_fit
 
-    todo = [s for s in scene_dirs if not is_cached(s, cache_root, iterations, propagate)]
+    todo = [s for s in scene_dirs if not is_cached(s, cache_root, iterations, propagate, sigma_per_coc)]
     if todo:
         console.print(f"fitting {len(todo)} of {len(scene_dirs)} training scenes once ({iterations} steps each) "
                       f"into the cache {cache_root}")
     for scene in console.progress(todo, "fit cache", enabled=progress and bool(todo)):
         run_fit(FitConfig(scene=scene, out=cache_dir_for(scene, cache_root), iterations=iterations, evaluate=False,
-                          backend=backend, overwrite=True, progress=False, propagate=propagate))
+                          backend=backend, overwrite=True, progress=False, propagate=propagate,
+                          sigma_per_coc=sigma_per_coc))
     return [cache_dir_for(s, cache_root) for s in scene_dirs]

@@ -24,7 +24,6 @@ from gs_dfd.console import console
 from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.models.lens_code import coc_scale_px
 from gs_dfd.train import losses as L
-from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC
 from gs_dfd.train.checkpoint import build_model, export_weights, load_checkpoint, new_model, save_checkpoint
 from gs_dfd.train.config import SIAMESE_METHODS, SUPERVISED_METHODS, TrainConfig
 from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
@@ -52,6 +51,8 @@ def validate(cfg: TrainConfig) -> None:
             raise InputError(None, f"must be > 0 (got {value})", name)
     if min(cfg.crop_hw) < 32:
         raise InputError(None, f"crop must be at least 32x32 pixels (got {cfg.crop_hw})", "--crop-hw")
+    if not cfg.fit_sigma_per_coc > 0:
+        raise InputError(cfg.config, f"must be > 0 (got {cfg.fit_sigma_per_coc})", "fit_sigma_per_coc")
     if not cfg.lr > 0 or not 0 < cfg.lr_final_ratio <= 1:
         raise InputError(None, "need lr > 0 and 0 < lr_final_ratio <= 1", "--lr")
     if not cfg.scenes:
@@ -100,10 +101,10 @@ def _reblurred_pairs(batch: Batch, scenes: list[TrainScene], coc: torch.Tensor, 
     """dered's loss (a) renderer: the fit's AIF under each crop, re-blurred by the pair's two CoC maps
     ``[B, 2, 1, h, w]`` -> ``[B, 2, h, w, 3]``."""
     b, _, _, h, wd = coc.shape
-    max_sigma = cfg.defocus_net.max_coc_px * DISK_SIGMA_PER_COC
+    max_sigma = cfg.defocus_net.max_coc_px * cfg.fit_sigma_per_coc
     margin = margin_for(max_sigma)
     aif = torch.stack([aif_crop(scenes[r.scene], r, (h, wd), margin) for r in batch.refs])  # [B, 3, h+2m, w+2m]
-    return reblur(aif, coc[:, :, 0], margin, max_sigma).permute(0, 1, 3, 4, 2)
+    return reblur(aif, coc[:, :, 0], margin, max_sigma, cfg.fit_sigma_per_coc).permute(0, 1, 3, 4, 2)
 
 
 def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -120,7 +121,8 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
         if cfg.method == "dered":
             renders = _reblurred_pairs(batch, scenes, coc, cfg)
         else:
-            renders = torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend) for k, r in enumerate(batch.refs)])
+            renders = torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend,
+                                              sigma_per_coc=cfg.fit_sigma_per_coc) for k, r in enumerate(batch.refs)])
         target = batch.images.permute(0, 1, 3, 4, 2)  # [B, 2, h, w, 3]
         terms["render"] = L.render_loss(renders.reshape(2 * b, h, wd, 3), target.reshape(2 * b, h, wd, 3), w.render_ssim)
     terms["siamese"] = L.siamese_loss(depth[:, 0], depth[:, 1])
@@ -221,7 +223,8 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
                 old.unlink()
         write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
         if needs_fit:
-            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress, cfg.fit_propagate)
+            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress, cfg.fit_propagate,
+                        cfg.fit_sigma_per_coc)
     run.barrier()
     t_fit = time.perf_counter() - t_start
     scenes = [load_train_scene(s, cache / s.name if needs_fit else None, supervised=cfg.supervised,

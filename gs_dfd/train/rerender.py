@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC
 from gs_dfd.render.api import PinholeCamera, render_defocus
 from gs_dfd.train.data import CropRef, TrainScene
 
@@ -26,7 +27,7 @@ def sample_at(coc_map: Tensor, uv: Tensor) -> Tensor:
 
 
 def render_crop(sc: TrainScene, ref: CropRef, coc_maps: Tensor, backend: str = "auto", margin_px: float = 24.0,
-                near_m: float = 0.05) -> Tensor:
+                near_m: float = 0.05, sigma_per_coc: float = DISK_SIGMA_PER_COC) -> Tensor:
     """Render the crop of both frames of ``ref`` with CoC maps ``[2, 1, h, w]`` given in the batch's
     (possibly flipped) orientation; returns RGB ``[2, h, w, 3]`` in the same orientation."""
     assert coc_maps.dim() == 4 and coc_maps.shape[:2] == (2, 1), coc_maps.shape
@@ -47,7 +48,7 @@ def render_crop(sc: TrainScene, ref: CropRef, coc_maps: Tensor, backend: str = "
         camera = PinholeCamera(width=w, height=h, fx=cam.fx, fy=cam.fy, cx=cam.cx - ref.x0, cy=cam.cy - ref.y0,
                                world_to_cam=pose)
         r = render_defocus(sc.means[idx], sc.quats[idx], sc.scales[idx], sc.opacities[idx], sc.colors[idx], camera, [],
-                           coc_px_override=coc[None], backend=backend)
+                           coc_px_override=coc[None], backend=backend, sigma_per_coc=sigma_per_coc)
         # As in the fit: an opaque world, so normalise by coverage (blur must not darken a surface).
         out.append(r.rgb[0] / r.alpha[0].clamp_min(1e-3))
     rgb = torch.stack(out)  # [2, h, w, 3]
