@@ -128,7 +128,7 @@ def test_least_squares_gaussian_for_a_disk_blur_is_wider_than_the_second_moment(
     (natural-image-like) texture the Gaussian closest to a disk blur of CoC 4-10 px has sigma 0.26-0.30 c."""
     from scipy import ndimage, signal
 
-    from gs_dfd.fit.gaussian_fit import GaussianFitSettings
+    from gs_dfd.optics.thin_lens import LSQ_DISK_SIGMA_PER_COC
     from gs_dfd.synth.layered import disk_psf
 
     rng = np.random.default_rng(3)
@@ -137,7 +137,7 @@ def test_least_squares_gaussian_for_a_disk_blur_is_wider_than_the_second_moment(
     texture = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((size, size))) / np.maximum(radius, 1 / size),
                             s=(size, size))
     ks = np.arange(0.22, 0.341, 0.005)
-    fit_k = GaussianFitSettings().sigma_per_coc
+    fit_k = LSQ_DISK_SIGMA_PER_COC
     for coc in (4.0, 6.0, 10.0):
         disk = signal.fftconvolve(np.pad(texture, 20, mode="wrap"), disk_psf(coc), mode="same")[20:-20, 20:-20]
         err = [np.mean((ndimage.gaussian_filter(texture, k * coc, mode="wrap", truncate=5.0) - disk) ** 2) for k in ks]

@@ -173,7 +173,7 @@ def test_fit_cache_entries_are_keyed_by_propagation_and_blur_model(scenes, fit_c
     cfg = json.loads((old / scene.name / "config.json").read_text())
     del cfg["propagate"], cfg["sigma_per_coc"]
     (old / scene.name / "config.json").write_text(json.dumps(cfg))
-    assert is_cached(scene, old, 20, "off") and not is_cached(scene, old, 20, "auto")
+    assert is_cached(scene, old, 20, "off", 0.25) and not is_cached(scene, old, 20, "auto", 0.25)
     assert not is_cached(scene, old, 20, "off", 0.275)
 
 

@@ -34,6 +34,7 @@ from gs_dfd.fit.gaussian_fit import (
     GaussianFitSettings, build_state, depth_confidence, depth_sensitivity, fit_gaussians, load_checkpoint,
     render_frames, save_checkpoint,
 )
+from gs_dfd.optics.thin_lens import LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
 from gs_dfd.utils.fill import fill_nearest
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
@@ -84,7 +85,7 @@ class FitConfig:
     """Weights for --init network (default: the checkpoint shipped in the package)."""
     init_depth_m: Optional[float] = None
     """Starting depth when the stack has a single focus distance (aperture stacks); default 1.25 x focus."""
-    sigma_per_coc: float = 0.275
+    sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC
     """Blur model: Gaussian sigma (px) per CoC diameter (px). A real lens blurs with a disk; 0.25 matches its second
     moment, but the least-squares Gaussian for a disk blur of natural images is wider (0.275-0.28 for CoCs of 3 px
     and more) and fits depth closer to the truth (README: the fit's blur model)."""

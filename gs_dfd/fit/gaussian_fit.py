@@ -46,7 +46,7 @@ from gs_dfd.fit.lens_calibration import LensModel
 from gs_dfd.fit.losses import edge_aware_grid_smoothness, photometric_loss
 from gs_dfd.fit.model import ScreenGaussians, block_mean, grid_gaussians
 from gs_dfd.fit.propagation import propagate_inverse_depth
-from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC
+from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.render.api import PinholeCamera, render_defocus
 
 
@@ -82,11 +82,9 @@ class GaussianFitSettings:
     propagate_smoothness: float = 30.0
     propagate_colour_sigma: float = 0.1
     propagate_at_fraction: float = 5 / 6
-    # Gaussian blur sigma per CoC diameter. A Gaussian is only an approximation of the lens's disk PSF: 0.25
-    # matches the disk's second moment (the renderer's default), but the L2-closest Gaussian to a disk blur of
-    # natural images is wider, sigma ~ 0.275-0.28 c for c >= 3 px (measured on the nyu and cones AIFs), and a
-    # fit that renders too narrow a blur reads every blurred surface as more defocused than it is.
-    sigma_per_coc: float = 0.275
+    # Gaussian blur sigma per CoC diameter. A fit that renders too narrow a blur (the disk's second moment,
+    # the renderer's default) reads every blurred surface as more defocused than it is.
+    sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC
     backend: str = "auto"
     seed: int = 0
 

@@ -37,6 +37,12 @@ except ImportError:  # pragma: no cover
 # sigma = R / 2 = c / 4. D3Net used 0.3 instead; keep it a parameter.
 DISK_SIGMA_PER_COC: float = 0.25
 
+# The Gaussian closest in L2 to a disk blur of natural images is wider than the
+# moment match: sigma / c = 0.275-0.29 for CoCs of 3 px and more (1/f noise and
+# the nyu / cones all-in-focus images; tests/test_optics.py). What gs-dfd fit
+# uses, since it matches renders to disk-blurred frames by a photometric loss.
+LSQ_DISK_SIGMA_PER_COC: float = 0.275
+
 
 class LensError(ValueError):
     """A lens value is outside the range where the thin-lens model holds."""

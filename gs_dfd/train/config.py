@@ -19,6 +19,7 @@ from gs_dfd.models.d3net import D3NetConfig
 from gs_dfd.models.defocus_net import DefocusNetConfig
 from gs_dfd.models.depth_net import DepthNetConfig
 from gs_dfd.models.mddnet import MDDNetConfig
+from gs_dfd.optics.thin_lens import LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.train.losses import LossWeights
 
 SUPERVISED_METHODS = ("d3net", "mddnet")
@@ -56,7 +57,7 @@ class TrainConfig:
     fit_propagate: Literal["auto", "on", "off"] = "auto"
     """The one-off fits' --propagate (gs-dfd fit). The shipped checkpoint's fits were made before propagation
     existed, so its configs say off; a cache entry is reused only with the same setting."""
-    fit_sigma_per_coc: float = 0.275
+    fit_sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC
     """The blur model the one-off fits and loss (a)'s re-render share: Gaussian sigma per CoC diameter (gs-dfd fit
     --sigma-per-coc). The shipped checkpoint was trained with 0.25 (its configs say so); a cache entry is reused
     only with the same value."""

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from gs_dfd.console import console
+from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 
 CACHE_FILES = ("gaussians.ply", "depth.npy", "confidence.npy", "config.json")
 
@@ -23,7 +24,7 @@ def cache_dir_for(scene_dir: Path, cache_root: Path) -> Path:
 
 
 def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str = "auto",
-              sigma_per_coc: float = 0.25) -> bool:
+              sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC) -> bool:
     entry = cache_dir_for(scene_dir, cache_root)
     if not all((entry / f).is_file() for f in CACHE_FILES):
         return False
@@ -33,11 +34,12 @@ def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str
         return False
     return (int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
             and cfg.get("propagate", "off") == propagate
-            and abs(float(cfg.get("sigma_per_coc", 0.25)) - sigma_per_coc) < 1e-9)
+            and abs(float(cfg.get("sigma_per_coc", DISK_SIGMA_PER_COC)) - sigma_per_coc) < 1e-9)
 
 
 def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backend: str = "auto",
-                progress: bool = True, propagate: str = "auto", sigma_per_coc: float = 0.25) -> list[Path]:
+                progress: bool = True, propagate: str = "auto",
+                sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC) -> list[Path]:
     """Fit every scene that has no valid cache entry; returns the entries in ``scene_dirs``' order."""
     from gs_dfd.commands.fit import FitConfig, run as run_fit
 
