@@ -18,7 +18,7 @@ from gs_dfd.optics.thin_lens import (
 )
 
 __all__ = [
-    "PRESETS", "CameraPreset", "get_preset", "DISK_SIGMA_PER_COC", "LSQ_DISK_SIGMA_PER_COC", "LensError", "ThinLens", "blur_sigma_px",
-    "check_lens", "coc_m", "coc_px", "coc_scale_m", "depth_from_signed_coc_m", "depth_from_signed_coc_px",
-    "signed_coc_m", "signed_coc_px",
+    "PRESETS", "CameraPreset", "get_preset", "DISK_SIGMA_PER_COC", "LSQ_DISK_SIGMA_PER_COC", "LensError", "ThinLens",
+    "blur_sigma_px", "check_lens", "coc_m", "coc_px", "coc_scale_m", "depth_from_signed_coc_m",
+    "depth_from_signed_coc_px", "signed_coc_m", "signed_coc_px",
 ]
