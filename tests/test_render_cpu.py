@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -239,3 +240,19 @@ def test_two_thread_backward_is_repeatable(ext):
         torch.set_num_threads(old)
     for g in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], g))
+
+
+def test_the_build_uses_the_ninja_next_to_the_interpreter(tmp_path, monkeypatch):
+    """A venv's ninja and the system's cannot share a build log: the build must not depend on PATH's order."""
+    from gs_dfd.render import raster_cpu
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setattr(raster_cpu.sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin")
+    with raster_cpu._interpreter_ninja_first():  # no ninja beside it: PATH as it was
+        assert os.environ["PATH"] == "/usr/bin"
+    (bin_dir / "ninja").write_text("")
+    with raster_cpu._interpreter_ninja_first():
+        assert os.environ["PATH"].split(os.pathsep) == [str(bin_dir), "/usr/bin"]
+    assert os.environ["PATH"] == "/usr/bin"  # restored after the build
