@@ -14,6 +14,7 @@ See ``csrc/raster_cpu.cpp``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import threading
@@ -77,8 +78,11 @@ def load_extension(verbose: bool = False) -> Any:
             if _EXT is None:
                 from torch.utils.cpp_extension import load
                 isa = cpu_isa()
-                _EXT = load(name=f"gs_dfd_raster_cpu_v2_{isa}", sources=[_SRC], extra_cflags=CFLAGS + ISA_FLAGS[isa],
-                            extra_ldflags=["-fopenmp"], verbose=verbose)
+                # One cache entry per checkout: two checkouts sharing a name rewrite each other's build file
+                # and rebuild on every switch (a CI clone next to a working copy did).
+                where = hashlib.sha1(_SRC.encode()).hexdigest()[:8]
+                _EXT = load(name=f"gs_dfd_raster_cpu_v2_{isa}_{where}", sources=[_SRC],
+                            extra_cflags=CFLAGS + ISA_FLAGS[isa], extra_ldflags=["-fopenmp"], verbose=verbose)
     return _EXT
 
 
