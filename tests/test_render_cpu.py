@@ -243,7 +243,7 @@ def test_two_thread_backward_is_repeatable(ext):
 
 
 def test_the_build_uses_the_ninja_next_to_the_interpreter(tmp_path, monkeypatch):
-    """A venv's ninja and the system's cannot share a build log: the build must not depend on PATH's order."""
+    """Switching between a venv's ninja and the system's rebuilt the extension: the build must not depend on PATH."""
     from gs_dfd.render import raster_cpu
 
     bin_dir = tmp_path / "bin"

@@ -53,21 +53,21 @@ def cpu_isa() -> str:
 def _interpreter_ninja_first() -> Iterator[None]:
     """Build with the ninja installed next to this Python, if there is one, whatever PATH says.
 
-    torch runs the first ``ninja`` on PATH. With a venv activated that is the venv's (pip's ninja 1.13), from
-    ``make`` or ``.venv/bin/python`` the system's (1.11): the two cannot read each other's build log, so every
-    switch rebuilt the extension (measured: 37-73 s of compiling at the start of ``make demo`` after an activated
-    run).
+    torch runs the first ``ninja`` on PATH: with a venv activated the venv's (pip's ninja 1.13), from ``make`` or
+    ``.venv/bin/python`` the system's (1.11). Every switch between the two rebuilt the extension (observed:
+    37-73 s of compiling at the start of ``make demo`` after an activated run).
     """
+    path = os.environ.get("PATH")
     bin_dir = os.path.dirname(sys.executable)
-    path = os.environ.get("PATH", "")
-    if not os.path.isfile(os.path.join(bin_dir, "ninja")):
-        yield
-        return
-    os.environ["PATH"] = bin_dir + os.pathsep + path
+    if os.path.isfile(os.path.join(bin_dir, "ninja")):
+        os.environ["PATH"] = bin_dir + os.pathsep + (path or "")
     try:
         yield
     finally:
-        os.environ["PATH"] = path
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
 
 
 def load_extension(verbose: bool = False) -> Any:
