@@ -52,7 +52,7 @@ from gs_dfd.render.api import PinholeCamera, render_defocus
 
 @dataclass
 class GaussianFitSettings:
-    iterations: int = 300
+    iterations: int = 360
     stride: int = 2
     lr_inv_depth: float = 0.01
     lr_uv: float = 0.05
