@@ -53,7 +53,7 @@ class FitConfig:
     method: Literal["gs", "dff"] = "gs"
     """gs: defocus-aware 3D Gaussians; dff: classical depth from focus (modified-Laplacian argmax)."""
     iterations: int = 360
-    """Optimisation steps (gs). 360 fits a 320x240 5-frame stack in 73-104 s on 2 CPU cores; 300 scored 0.0752
+    """Optimisation steps (gs). 360 fit a 320x240 5-frame stack in a median 80-103 s on 2 CPU cores; 300 scored 0.0752
     AbsRel on the 21 held-out d3net stacks against 0.0734 (README)."""
     stride: int = 2
     """One Gaussian per stride x stride pixel block (gs); 1 = one per pixel (slower, sharper)."""
