@@ -76,25 +76,32 @@ def main(cfg: ProbeConfig) -> int:
     train = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.train_scenes])]
     heldout = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.heldout_scenes])]
     net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths)))
-    console.print(f"DefocusNet {cfg.widths}: {sum(p.numel() for p in net.parameters())} parameters; "
+    n_parameters = sum(p.numel() for p in net.parameters())
+    console.print(f"DefocusNet {cfg.widths}: {n_parameters} parameters; "
                   f"{len(train)} training scenes, {len(heldout)} held-out")
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     ch, cw = cfg.crop_hw
+    targets_by_frame: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # each frame's CoC, once
     t0 = time.perf_counter()
     for _ in console.progress(range(cfg.steps), "probe"):
         images, targets, masks = [], [], []
         for _ in range(cfg.batch_size):
-            sc = train[rng.integers(len(train))]
+            k = int(rng.integers(len(train)))
+            sc = train[k]
             frame = int(rng.integers(sc.frames.shape[0]))
             h, w = sc.hw
             y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
             image = sc.frames[frame, y:y + ch, x:x + cw].permute(2, 0, 1)
-            target, valid = (t[0, :, y:y + ch, x:x + cw] for t in _coc_target(sc, frame))
+            if (k, frame) not in targets_by_frame:
+                targets_by_frame[k, frame] = _coc_target(sc, frame)
+            target, valid = (t[0, :, y:y + ch, x:x + cw] for t in targets_by_frame[k, frame])
             if rng.random() < 0.5:
                 image, target, valid = image.flip(-1), target.flip(-1), valid.flip(-1)
-            images.append(image), targets.append(target), masks.append(valid)
+            images.append(image)
+            targets.append(target)
+            masks.append(valid)
         pred = net(torch.stack(images))
         mask = torch.stack(masks)
         loss = ((pred - torch.stack(targets)).abs() * mask).sum() / mask.sum().clamp_min(1.0)
@@ -102,7 +109,7 @@ def main(cfg: ProbeConfig) -> int:
         loss.backward()
         opt.step()
         sched.step()
-    result = {"widths": list(cfg.widths), "parameters": sum(p.numel() for p in net.parameters()),
+    result = {"widths": list(cfg.widths), "parameters": n_parameters,
               "steps": cfg.steps, "train_s": time.perf_counter() - t0,
               "coc_err_px_train_frame0": median_coc_error_px(net, train[:cfg.eval_train_scenes]),
               "coc_err_px_heldout_frame0": median_coc_error_px(net, heldout)}
