@@ -9,6 +9,7 @@ it measures what the self-supervised student could reach at best with this archi
 
     python tools/probe_defocus_capacity.py --widths 8 16 32 48 64 --out out/probe/small.json
     python tools/probe_defocus_capacity.py --widths 16 32 64 96 128 --out out/probe/wide.json
+    python tools/probe_defocus_capacity.py --reblur-features --lens-input --out out/probe/reblur_lens.json
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class ProbeConfig:
     crop_hw: tuple[int, int] = (128, 160)
     eval_train_scenes: int = 30
     """How many training scenes to measure the training error on (the first ones)."""
+    reblur_features: bool = False
+    """Give DefocusNet the re-blur gradient-ratio channels too (DefocusNetConfig.reblur_features)."""
+    lens_input: bool = False
+    """Give DefocusNet the lens as input channels (DefocusNetConfig.lens_input)."""
     threads: int = 1
     seed: int = 0
 
@@ -62,7 +67,7 @@ def median_coc_error_px(net: DefocusNet, scenes: list[TrainScene]) -> float:
     errors = []
     for sc in scenes:
         target, valid = _coc_target(sc, 0)
-        pred = net(sc.frames[0].permute(2, 0, 1)[None])
+        pred = net(sc.frames[0].permute(2, 0, 1)[None], sc.lenses[0:1])
         errors.append(float((pred - target).abs()[valid > 0].median()))
     return float(np.mean(errors))
 
@@ -75,7 +80,8 @@ def main(cfg: ProbeConfig) -> int:
     rng = np.random.default_rng(cfg.seed)
     train = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.train_scenes])]
     heldout = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.heldout_scenes])]
-    net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths)))
+    net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths), reblur_features=cfg.reblur_features,
+                                      lens_input=cfg.lens_input))
     n_parameters = sum(p.numel() for p in net.parameters())
     console.print(f"DefocusNet {cfg.widths}: {n_parameters} parameters; "
                   f"{len(train)} training scenes, {len(heldout)} held-out")
@@ -86,7 +92,7 @@ def main(cfg: ProbeConfig) -> int:
     targets_by_frame: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # each frame's CoC, once
     t0 = time.perf_counter()
     for _ in console.progress(range(cfg.steps), "probe"):
-        images, targets, masks = [], [], []
+        images, targets, masks, lenses = [], [], [], []
         for _ in range(cfg.batch_size):
             k = int(rng.integers(len(train)))
             sc = train[k]
@@ -102,14 +108,15 @@ def main(cfg: ProbeConfig) -> int:
             images.append(image)
             targets.append(target)
             masks.append(valid)
-        pred = net(torch.stack(images))
+            lenses.append(sc.lenses[frame])
+        pred = net(torch.stack(images), torch.stack(lenses))
         mask = torch.stack(masks)
         loss = ((pred - torch.stack(targets)).abs() * mask).sum() / mask.sum().clamp_min(1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    result = {"widths": list(cfg.widths), "parameters": n_parameters,
+    result = {"widths": list(cfg.widths), "reblur_features": cfg.reblur_features, "lens_input": cfg.lens_input, "parameters": n_parameters,
               "steps": cfg.steps, "train_s": time.perf_counter() - t0,
               "coc_err_px_train_frame0": median_coc_error_px(net, train[:cfg.eval_train_scenes]),
               "coc_err_px_heldout_frame0": median_coc_error_px(net, heldout)}

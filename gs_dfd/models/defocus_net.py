@@ -10,12 +10,15 @@ and classical focus measures come with them as extra channels
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gs_dfd.models.lens_code import coc_scale_px, focus_m
 from gs_dfd.models.unet import UNet
 
 
@@ -29,6 +32,13 @@ def _box(x: Tensor, k: int) -> Tensor:
     x = c[..., k:] - c[..., :-k]
     c = x.cumsum(-2)
     return ((c[..., k:, :] - c[..., :-k, :]) / (k * k)).float()
+
+
+def _grad_energy(x: Tensor) -> Tensor:
+    """Squared forward-difference gradient magnitude (last row and column replicated)."""
+    gx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1, 0, 0), mode="replicate")
+    gy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1), mode="replicate")
+    return gx * gx + gy * gy
 
 
 def defocus_features(image: Tensor) -> Tensor:
@@ -45,9 +55,7 @@ def defocus_features(image: Tensor) -> Tensor:
     g = image.mean(1, keepdim=True)
     lap = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"),
                    g.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3))
-    gx = F.pad(g[..., :, 1:] - g[..., :, :-1], (0, 1, 0, 0), mode="replicate")
-    gy = F.pad(g[..., 1:, :] - g[..., :-1, :], (0, 0, 0, 1), mode="replicate")
-    grad2 = gx * gx + gy * gy
+    grad2 = _grad_energy(g)
     feats = []
     for k in (5, 11, 21):
         mean = _box(g, k)
@@ -55,6 +63,45 @@ def defocus_features(image: Tensor) -> Tensor:
         feats.append(torch.log((_box(lap * lap, k) + 1e-6) / (var + 1e-4)))
         feats.append(torch.log((_box(grad2, k) + 1e-6) / (var + 1e-4)))
     return torch.cat(feats, 1) / 4.0  # roughly unit scale
+
+
+def _gaussian_blur(x: Tensor, sigma_px: float) -> Tensor:
+    """Separable Gaussian blur of ``[B, 1, H, W]`` (replicate padding, kernel radius 3 sigma)."""
+    r = max(1, math.ceil(3.0 * sigma_px))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma_px) ** 2)
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+REBLUR_SIGMAS_PX = (1.0, 2.0, 4.0)
+
+
+def reblur_features(image: Tensor) -> Tensor:
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 6, H, W]``: log gradient-energy ratio of the image to re-blurred copies.
+
+    An edge blurred by a Gaussian of sigma and blurred again by sigma0 loses gradient
+    by the ratio sqrt(sigma^2 + sigma0^2) / sigma (Zhuo & Sim, "Defocus map estimation
+    from a single image", Pattern Recognition 2011): a ratio, so contrast cancels, and
+    with sigma0 = 1, 2, 4 px it is sensitive to small and to large blurs alike. Energies
+    are pooled over 11 and 21 px windows before the ratio.
+    """
+    assert image.dim() == 4 and image.shape[1] == 3, image.shape
+    g = image.mean(1, keepdim=True)
+    energies = torch.cat([_grad_energy(g)] + [_grad_energy(_gaussian_blur(g, s)) for s in REBLUR_SIGMAS_PX], 1)
+    feats = []
+    for k in (11, 21):
+        pooled = _box(energies, k) + 1e-7
+        feats.append(torch.log(pooled[:, :1] / pooled[:, 1:]))
+    return torch.cat(feats, 1) / 2.0  # roughly unit scale
+
+
+def lens_channels(lenses: Tensor, hw: tuple[int, int]) -> Tensor:
+    """lenses ``[B, 4]`` -> ``[B, 2, H, W]``: log focus distance (m) and log(K / 10 px), constant per image."""
+    b = lenses.shape[0]
+    consts = torch.stack([torch.log(focus_m(lenses)), torch.log(coc_scale_px(lenses) / 10.0)], 1)
+    return consts.view(b, 2, 1, 1).expand(b, 2, *hw)
 
 
 def standardise(image: Tensor) -> Tensor:
@@ -72,18 +119,31 @@ class DefocusNetConfig:
     """Largest CoC the head can output (pixels)."""
     coc_unit_px: float = 4.0
     """Output scale: the head predicts CoC / coc_unit_px, so a fresh network starts near a typical blur."""
+    reblur_features: bool = False
+    """Add the six re-blur gradient-ratio channels (:func:`reblur_features`) to the input."""
+    lens_input: bool = False
+    """Give the network the lens (log focus distance and log CoC scale K as constant channels), so where blur
+    cannot be read (flat regions) it falls back to what is likely for this focus distance, not for all of them."""
 
 
 class DefocusNet(nn.Module):
     def __init__(self, cfg: DefocusNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DefocusNetConfig()
-        self.unet = UNet(3 + 6, 1, self.cfg.defocus_widths)
+        in_channels = 3 + 6 + (6 if self.cfg.reblur_features else 0) + (2 if self.cfg.lens_input else 0)
+        self.unet = UNet(in_channels, 1, self.cfg.defocus_widths)
 
-    def forward(self, image: Tensor) -> Tensor:
-        """image ``[B, 3, H, W]`` in [0, 1] -> unsigned CoC diameter ``[B, 1, H, W]`` (pixels)."""
+    def forward(self, image: Tensor, lenses: Tensor | None = None) -> Tensor:
+        """image ``[B, 3, H, W]`` in [0, 1], lenses ``[B, 4]`` (needed with ``lens_input``) -> unsigned CoC
+        diameter ``[B, 1, H, W]`` (pixels)."""
         assert image.dim() == 4 and image.shape[1] == 3, image.shape
-        raw = self.unet(torch.cat([standardise(image), defocus_features(image)], 1))
+        inputs = [standardise(image), defocus_features(image)]
+        if self.cfg.reblur_features:
+            inputs.append(reblur_features(image))
+        if self.cfg.lens_input:
+            assert lenses is not None and lenses.shape == (image.shape[0], 4), "lens_input needs lenses [B, 4]"
+            inputs.append(lens_channels(lenses, image.shape[-2:]))
+        raw = self.unet(torch.cat(inputs, 1))
         return (self.cfg.coc_unit_px * F.softplus(raw)).clamp_max(self.cfg.max_coc_px)
 
     def config_dict(self) -> dict:

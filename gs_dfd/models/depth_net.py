@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gs_dfd.models.defocus_net import standardise
+from gs_dfd.models.defocus_net import lens_channels, standardise
 from gs_dfd.models.lens_code import coc_scale_px, focus_m
 from gs_dfd.models.unet import UNet
 
@@ -53,8 +53,7 @@ class DepthNet(nn.Module):
         k = coc_scale_px(lenses).view(b, 1, 1, 1)
         s = focus_m(lenses).view(b, 1, 1, 1)
         defocus = (coc_px / k).clamp_max(3.0)  # |1 - s/d|
-        consts = torch.cat([torch.log(s), torch.log(k / 10.0)], 1).expand(b, 2, h, w)
-        x = torch.cat([standardise(image), defocus, consts], 1)
+        x = torch.cat([standardise(image), defocus, lens_channels(lenses, (h, w))], 1)
         out = self.unet(F.avg_pool2d(x, 2, ceil_mode=True))
         out = F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)[..., :h, :w]
         gate = torch.tanh(out[:, :1])

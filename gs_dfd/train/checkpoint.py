@@ -40,7 +40,7 @@ class SiameseDepthModel(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, lenses: torch.Tensor) -> dict[str, torch.Tensor]:
         """images ``[M, 3, h, w]``, lenses ``[M, 4]`` -> ``coc`` (px), ``depth`` (m), ``gate`` ``[M, 1, h, w]``."""
-        coc = self.defocus(images)
+        coc = self.defocus(images, lenses)
         out = self.depth(images, coc, lenses)
         return {"coc": coc, **out}
 
