@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetConfig, _gaussian_blur, reblur_features
+from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetConfig, _gaussian_blurs, reblur_features
 from gs_dfd.models.depth_net import DepthNetConfig
 from gs_dfd.train.checkpoint import SiameseDepthModel, build_model
 
@@ -14,7 +14,7 @@ def _edge_image(sigma_px: float, contrast: float = 0.8) -> torch.Tensor:
     g = torch.full((1, 1, 64, 64), 0.1)
     g[..., 32:] += contrast
     if sigma_px > 0:
-        g = _gaussian_blur(g, sigma_px)
+        g = _gaussian_blurs(g, (sigma_px,))
     return g.expand(1, 3, 64, 64).contiguous()
 
 

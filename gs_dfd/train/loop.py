@@ -283,7 +283,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
             if bar is not None:
                 bar.update(1)
                 shown = {"render": terms["render"]} if "render" in terms else {}  # the supervised methods have none
-                bar.set_postfix(loss=f"{float(terms['total']):.4f}", **{k: f"{float(v):.4f}" for k, v in shown.items()})
+                bar.set_postfix(loss=f"{terms['total'].item():.4f}", **{k: f"{v.item():.4f}" for k, v in shown.items()})
             if run.main and done % cfg.checkpoint_every == 0:
                 save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, done, resolved, extra())
             step = done
