@@ -123,7 +123,8 @@ class DefocusNetConfig:
     coc_unit_px: float = 4.0
     """Output scale: the head predicts CoC / coc_unit_px, so a fresh network starts near a typical blur."""
     reblur_features: bool = False
-    """Add the six re-blur gradient-ratio channels (:func:`reblur_features`) to the input."""
+    """Add six blur channels to the input: the gradient energy of the image over that of copies re-blurred by
+    Gaussians of 1, 2 and 4 px, pooled over 11 and 21 px (contrast cancels in the ratio)."""
     lens_input: bool = False
     """Give the network the lens (log focus distance and log CoC scale K as constant channels), so where blur
     cannot be read (flat regions) it falls back to what is likely for this focus distance, not for all of them."""
