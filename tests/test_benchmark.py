@@ -173,3 +173,14 @@ def test_fit_cache_busy_only_while_a_fit_is_written(bench, tmp_path):
     time.sleep(0.01)
     (entry / "metrics.json").write_text("{}")  # finished a moment ago: not busy
     bench.check_fit_cache_not_busy(tmp_path / "fits", 600)
+
+
+def test_training_set_focus_distances(bench, tmp_path):
+    """make_training_set's --focus-distances-m sets every stack's frames (procedural only: no shared data needed)."""
+    tool = bench._load_tool("make_training_set")
+    out = tmp_path / "train"
+    cfg = tool.TrainingSetConfig(src=tmp_path / "absent", out=out, d3net_ids=(), procedural_kinds=("planes",),
+                                 procedural_per_kind=1, focus_distances_m=(1.0, 1.7))
+    assert tool.main(cfg) == 0
+    frames = json.loads((out / "proc_planes_100" / "scene.json").read_text())["frames"]
+    assert [f["focus_distance_m"] for f in frames] == [1.0, 1.7]

@@ -68,6 +68,8 @@ class ConvertRgbdConfig:
     """Depth range (near far, metres) that Middlebury's disparities are mapped onto."""
     noise_std: float = 0.0
     """Sensor noise of the synthetic frames (0 = none)."""
+    focus_distances_m: tuple[float, ...] = ()
+    """Focus distances of the frames, metres (default: the camera preset's)."""
     only: tuple[str, ...] = tuple(SOURCES)
     """Which of the named sources to convert (pass none with ``--only`` and no value)."""
     d3net_ids: tuple[int, ...] = ()
@@ -89,7 +91,7 @@ def convert_one(src: Path, name: str, out: Path, cfg: ConvertRgbdConfig) -> None
     height = round(aif.shape[0] * cfg.width / aif.shape[1])
     aif = to_channels(resize_image(aif, cfg.width, height), aif.shape[2])
     depth = resize_nearest(depth, cfg.width, height)
-    spec = StackSpec.from_preset(get_preset(cfg.camera), noise_std=cfg.noise_std)
+    spec = StackSpec.from_preset(get_preset(cfg.camera), cfg.focus_distances_m or None, noise_std=cfg.noise_std)
     out.mkdir(parents=True)
     synthesize_scene(out, aif, depth, spec)
 

@@ -57,6 +57,8 @@ class TrainingSetConfig:
     """Procedural scenes per kind (seeds 100, 101, ...)."""
     noise_std: float = 0.005
     """Sensor noise of the procedural frames."""
+    focus_distances_m: tuple[float, ...] = ()
+    """Focus distances of every stack, metres (default: the nyu preset's 1, 1.5, 2.5, 4, 6)."""
     overwrite: bool = False
     """Replace the output folder if it exists."""
 
@@ -73,8 +75,8 @@ def main(cfg: TrainingSetConfig) -> int:
     unknown = sorted(set(cfg.procedural_kinds) - set(PROCEDURAL_KINDS))
     if unknown:
         raise InputError(None, f"unknown kind(s) {', '.join(unknown)}", "--procedural-kinds")
-    convert_cfg = convert_rgbd_sets.ConvertRgbdConfig(src=cfg.src, only=())
-    spec = StackSpec.from_preset(get_preset("nyu"), noise_std=cfg.noise_std)
+    convert_cfg = convert_rgbd_sets.ConvertRgbdConfig(src=cfg.src, only=(), focus_distances_m=cfg.focus_distances_m)
+    spec = StackSpec.from_preset(get_preset("nyu"), cfg.focus_distances_m or None, noise_std=cfg.noise_std)
     jobs = [("d3net", i) for i in cfg.d3net_ids] + [(k, 100 + j) for k in cfg.procedural_kinds
                                                      for j in range(cfg.procedural_per_kind)]
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:

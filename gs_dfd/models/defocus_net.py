@@ -11,7 +11,6 @@ and classical focus measures come with them as extra channels
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 
 import torch
