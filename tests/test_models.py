@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetConfig, _gaussian_blurs, reblur_features
@@ -58,9 +59,5 @@ def test_lens_input_makes_the_coc_depend_on_the_lens_and_round_trips():
 
 def test_lens_input_without_lenses_is_refused():
     net = DefocusNet(DefocusNetConfig(defocus_widths=(4, 8), lens_input=True))
-    try:
+    with pytest.raises(AssertionError, match="lenses"):
         net(torch.rand(1, 3, 32, 32))
-    except AssertionError as exc:
-        assert "lenses" in str(exc)
-    else:
-        raise AssertionError("a lens-aware DefocusNet ran without lenses")

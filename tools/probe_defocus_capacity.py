@@ -27,6 +27,7 @@ from gs_dfd.console import console
 from gs_dfd.errors import InputError
 from gs_dfd.models.defocus_net import DefocusNet, DefocusNetConfig
 from gs_dfd.models.lens_code import coc_px_from_depth
+from gs_dfd.models.unet import count_parameters
 from gs_dfd.train.data import TrainScene, find_scenes, load_train_scene
 from gs_dfd.utils.atomic import write_json_atomic
 
@@ -82,7 +83,7 @@ def main(cfg: ProbeConfig) -> int:
     heldout = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.heldout_scenes])]
     net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths), reblur_features=cfg.reblur_features,
                                       lens_input=cfg.lens_input))
-    n_parameters = sum(p.numel() for p in net.parameters())
+    n_parameters = count_parameters(net)
     console.print(f"DefocusNet {cfg.widths}: {n_parameters} parameters; "
                   f"{len(train)} training scenes, {len(heldout)} held-out")
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -116,8 +117,8 @@ def main(cfg: ProbeConfig) -> int:
         loss.backward()
         opt.step()
         sched.step()
-    result = {"widths": list(cfg.widths), "reblur_features": cfg.reblur_features, "lens_input": cfg.lens_input, "parameters": n_parameters,
-              "steps": cfg.steps, "train_s": time.perf_counter() - t0,
+    result = {"widths": list(cfg.widths), "reblur_features": cfg.reblur_features, "lens_input": cfg.lens_input,
+              "parameters": n_parameters, "steps": cfg.steps, "train_s": time.perf_counter() - t0,
               "coc_err_px_train_frame0": median_coc_error_px(net, train[:cfg.eval_train_scenes]),
               "coc_err_px_heldout_frame0": median_coc_error_px(net, heldout)}
     console.print(f"median CoC error, frame 0: training scenes {result['coc_err_px_train_frame0']:.3f} px, "
