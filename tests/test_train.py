@@ -177,6 +177,30 @@ def test_fit_cache_entries_are_keyed_by_propagation_and_blur_model(scenes, fit_c
     assert not is_cached(scene, old, 20, "off", 0.275)
 
 
+def test_fit_cache_entry_is_refitted_when_the_stack_changes(scenes, fit_cache, tmp_path):
+    """A scene rebuilt under the same name with another focal stack must not be served the old stack's fit."""
+    import shutil
+
+    from gs_dfd.train.fit_cache import STACK_FILE, is_cached
+
+    scene = find_scenes([scenes])[0]
+    assert is_cached(scene, fit_cache, 20, "auto", 0.275)
+    changed = tmp_path / "scenes" / scene.name
+    shutil.copytree(scene, changed)
+    spec = json.loads((changed / "scene.json").read_text())
+    spec["frames"][-1]["focus_distance_m"] += 0.5
+    (changed / "scene.json").write_text(json.dumps(spec))
+    assert not is_cached(changed, fit_cache, 20, "auto", 0.275)
+    shutil.copytree(scene, changed, dirs_exist_ok=True)     # same settings, one frame's pixels changed
+    frame = changed / spec["frames"][0]["image"]
+    frame.write_bytes(frame.read_bytes() + b"\0")
+    assert not is_cached(changed, fit_cache, 20, "auto", 0.275)
+    no_key = tmp_path / "no_key"
+    shutil.copytree(fit_cache / scene.name, no_key / scene.name)
+    (no_key / scene.name / STACK_FILE).unlink()
+    assert not is_cached(scene, no_key, 20, "auto", 0.275)
+
+
 def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(f"scenes: [{scenes}]\nfit_cache: {fit_cache}\nsteps: 3\nbatch_size: 2\ncrop_hw: [48, 64]\n"

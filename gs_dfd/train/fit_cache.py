@@ -5,34 +5,56 @@ A cache entry is the output folder of ``gs-dfd fit`` run with
 ``depth.npy`` and ``confidence.npy`` (the anchor). An entry is reused when
 its ``config.json`` records the same scene, iteration count, ``--propagate`` and
 ``--sigma-per-coc`` (entries from before those options existed were fitted
-without propagation and with sigma = 0.25 c).
+without propagation and with sigma = 0.25 c), and its ``stack.json`` the same
+focal stack: a scene rebuilt with other focus distances under the same name is
+fitted again, not silently served the old stack's fit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from gs_dfd.console import console
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
+from gs_dfd.utils.atomic import write_json_atomic
 
 CACHE_FILES = ("gaussians.ply", "depth.npy", "confidence.npy", "config.json")
+STACK_FILE = "stack.json"
+
+
+def stack_sha256(scene_dir: Path) -> str:
+    """A digest of what a fit reads from a scene: the camera, each frame's settings and its image bytes."""
+    spec = json.loads((scene_dir / "scene.json").read_text())
+    digest = hashlib.sha256(json.dumps({"camera": spec.get("camera"), "frames": spec.get("frames")},
+                                       sort_keys=True).encode())
+    for frame in spec.get("frames", []):
+        digest.update((scene_dir / frame["image"]).read_bytes())
+    return digest.hexdigest()
 
 
 def cache_dir_for(scene_dir: Path, cache_root: Path) -> Path:
     return cache_root / scene_dir.name
 
 
+def record_stack(scene_dir: Path, cache_root: Path) -> None:
+    """Write the stack digest into an entry (after its fit, or by hand for an entry known to match)."""
+    write_json_atomic(cache_dir_for(scene_dir, cache_root) / STACK_FILE, {"stack_sha256": stack_sha256(scene_dir)})
+
+
 def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str = "auto",
               sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC) -> bool:
     entry = cache_dir_for(scene_dir, cache_root)
-    if not all((entry / f).is_file() for f in CACHE_FILES):
+    if not all((entry / f).is_file() for f in (*CACHE_FILES, STACK_FILE)):
         return False
     try:
         cfg = json.loads((entry / "config.json").read_text())
-    except (OSError, ValueError):
+        recorded = json.loads((entry / STACK_FILE).read_text()).get("stack_sha256")
+    except (OSError, ValueError, AttributeError):
         return False
     return (int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
+            and recorded == stack_sha256(scene_dir)
             and cfg.get("propagate", "off") == propagate
             and abs(float(cfg.get("sigma_per_coc", DISK_SIGMA_PER_COC)) - sigma_per_coc) < 1e-9)
 
@@ -51,4 +73,5 @@ def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backe
         run_fit(FitConfig(scene=scene, out=cache_dir_for(scene, cache_root), iterations=iterations, evaluate=False,
                           backend=backend, overwrite=True, progress=False, propagate=propagate,
                           sigma_per_coc=sigma_per_coc))
+        record_stack(scene, cache_root)
     return [cache_dir_for(s, cache_root) for s in scene_dirs]
