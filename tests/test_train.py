@@ -199,6 +199,8 @@ def test_fit_cache_entry_is_refitted_when_the_stack_changes(scenes, fit_cache, t
     shutil.copytree(fit_cache / scene.name, no_key / scene.name)
     (no_key / scene.name / STACK_FILE).unlink()
     assert not is_cached(scene, no_key, 20, "auto", 0.275)
+    frame.unlink()  # a broken scene is "not cached" (its fit then says what is wrong), not a traceback here
+    assert not is_cached(changed, fit_cache, 20, "auto", 0.275)
 
 
 def test_yaml_config_sets_defaults_and_flags_win(scenes, fit_cache, tmp_path):

@@ -53,10 +53,14 @@ def is_cached(scene_dir: Path, cache_root: Path, iterations: int, propagate: str
         recorded = json.loads((entry / STACK_FILE).read_text()).get("stack_sha256")
     except (OSError, ValueError, AttributeError):
         return False
-    return (int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
-            and recorded == stack_sha256(scene_dir)
+    if not (int(cfg.get("iterations", -1)) == iterations and Path(cfg.get("scene", "")).name == scene_dir.name
             and cfg.get("propagate", "off") == propagate
-            and abs(float(cfg.get("sigma_per_coc", DISK_SIGMA_PER_COC)) - sigma_per_coc) < 1e-9)
+            and abs(float(cfg.get("sigma_per_coc", DISK_SIGMA_PER_COC)) - sigma_per_coc) < 1e-9):
+        return False
+    try:
+        return recorded == stack_sha256(scene_dir)
+    except (OSError, ValueError, KeyError, TypeError):  # a broken scene: its fit reports it in one line
+        return False
 
 
 def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backend: str = "auto",
