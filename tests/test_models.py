@@ -61,3 +61,23 @@ def test_lens_input_without_lenses_is_refused():
     net = DefocusNet(DefocusNetConfig(defocus_widths=(4, 8), lens_input=True))
     with pytest.raises(AssertionError, match="lenses"):
         net(torch.rand(1, 3, 32, 32))
+
+
+def test_global_context_starts_as_identity_and_round_trips():
+    """Off, the network is unchanged (older checkpoints load); on, a fresh network computes the same CoC as
+    without it (the context starts at zero), its trained weights change the CoC, and the option survives a
+    checkpoint round trip."""
+    torch.manual_seed(0)
+    widths = (4, 8, 8)
+    plain = DefocusNet(DefocusNetConfig(defocus_widths=widths))
+    ctx = DefocusNet(DefocusNetConfig(defocus_widths=widths, global_context=True))
+    assert set(plain.state_dict()) < set(ctx.state_dict())
+    ctx.load_state_dict({**ctx.state_dict(), **plain.state_dict()})
+    image = torch.rand(2, 3, 48, 64)
+    assert torch.allclose(ctx(image), plain(image))
+    torch.nn.init.normal_(ctx.unet.context.mlp[-1].weight)
+    assert not torch.allclose(ctx(image), plain(image))
+    model = SiameseDepthModel(ctx.cfg, DepthNetConfig(depth_widths=(4, 8, 8)))
+    rebuilt = build_model(model.model_config())
+    assert rebuilt.defocus.cfg.global_context
+    rebuilt.load_state_dict(model.state_dict())

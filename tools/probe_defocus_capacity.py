@@ -52,6 +52,8 @@ class ProbeConfig:
     """Give DefocusNet the re-blur gradient-ratio channels too (DefocusNetConfig.reblur_features)."""
     lens_input: bool = False
     """Give DefocusNet the lens as input channels (DefocusNetConfig.lens_input)."""
+    global_context: bool = False
+    """Give DefocusNet the per-image pooled bottleneck features (DefocusNetConfig.global_context)."""
     threads: int = 1
     seed: int = 0
 
@@ -82,7 +84,8 @@ def main(cfg: ProbeConfig) -> int:
     train = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.train_scenes])]
     heldout = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.heldout_scenes])]
     net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths), reblur_features=cfg.reblur_features,
-                                      lens_input=cfg.lens_input))
+                                      lens_input=cfg.lens_input,
+                                      global_context=cfg.global_context))
     n_parameters = count_parameters(net)
     console.print(f"DefocusNet {cfg.widths}: {n_parameters} parameters; "
                   f"{len(train)} training scenes, {len(heldout)} held-out")
@@ -118,6 +121,7 @@ def main(cfg: ProbeConfig) -> int:
         opt.step()
         sched.step()
     result = {"widths": list(cfg.widths), "reblur_features": cfg.reblur_features, "lens_input": cfg.lens_input,
+              "global_context": cfg.global_context,
               "parameters": n_parameters, "steps": cfg.steps, "train_s": time.perf_counter() - t0,
               "coc_err_px_train_frame0": median_coc_error_px(net, train[:cfg.eval_train_scenes]),
               "coc_err_px_heldout_frame0": median_coc_error_px(net, heldout)}

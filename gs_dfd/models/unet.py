@@ -84,17 +84,40 @@ class UNetDecoder(nn.Module):
         return self.head(x)
 
 
+class GlobalContext(nn.Module):
+    """Adds to every bottleneck position a vector computed from the whole image's pooled features (mean and
+    standard deviation per channel). Group norm divides each image's feature statistics out; this hands them
+    back as information, a per-image calibration (as in squeeze-and-excitation, Hu et al., CVPR 2018, but
+    additive). Starts as the identity."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, channels), nn.ELU(inplace=True),
+                                 nn.Linear(channels, channels))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, h, w] -> [B, C, h, w]``."""
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)  # [B, 2C]
+        return x + self.mlp(pooled)[:, :, None, None]
+
+
 class UNet(nn.Module):
     """Encoder-decoder with skips: ``[B, in, H, W] -> [B, out, H, W]``."""
 
     def __init__(self, in_channels: int, out_channels: int, widths: Sequence[int] = (8, 16, 32, 48, 64),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, global_context: bool = False) -> None:
         super().__init__()
         self.encoder = UNetEncoder(in_channels, widths, dropout)
+        self.context = GlobalContext(widths[-1]) if global_context else None
         self.decoder = UNetDecoder(widths, out_channels, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))
+        feats = self.encoder(x)
+        if self.context is not None:
+            feats[-1] = self.context(feats[-1])
+        return self.decoder(feats)
 
 
 def count_parameters(module: nn.Module) -> int:
