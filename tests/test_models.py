@@ -77,7 +77,7 @@ def test_global_context_starts_as_identity_and_round_trips():
     assert torch.allclose(ctx(image), plain(image))
     torch.nn.init.normal_(ctx.unet.context.mlp[-1].weight)
     assert not torch.allclose(ctx(image), plain(image))
-    model = SiameseDepthModel(ctx.cfg, DepthNetConfig(depth_widths=(4, 8, 8)))
+    model = SiameseDepthModel(ctx.cfg, DepthNetConfig(depth_widths=(4, 8, 8), global_context=True))
     rebuilt = build_model(model.model_config())
-    assert rebuilt.defocus.cfg.global_context
+    assert rebuilt.defocus.cfg.global_context and rebuilt.depth.cfg.global_context
     rebuilt.load_state_dict(model.state_dict())
