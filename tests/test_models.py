@@ -70,14 +70,14 @@ def test_global_context_starts_as_identity_and_round_trips():
     torch.manual_seed(0)
     widths = (4, 8, 8)
     plain = DefocusNet(DefocusNetConfig(defocus_widths=widths))
-    ctx = DefocusNet(DefocusNetConfig(defocus_widths=widths, global_context=True))
+    ctx = DefocusNet(DefocusNetConfig(defocus_widths=widths, defocus_global_context=True))
     assert set(plain.state_dict()) < set(ctx.state_dict())
     ctx.load_state_dict({**ctx.state_dict(), **plain.state_dict()})
     image = torch.rand(2, 3, 48, 64)
     assert torch.allclose(ctx(image), plain(image))
     torch.nn.init.normal_(ctx.unet.context.mlp[-1].weight)
     assert not torch.allclose(ctx(image), plain(image))
-    model = SiameseDepthModel(ctx.cfg, DepthNetConfig(depth_widths=(4, 8, 8), global_context=True))
+    model = SiameseDepthModel(ctx.cfg, DepthNetConfig(depth_widths=(4, 8, 8), depth_global_context=True))
     rebuilt = build_model(model.model_config())
-    assert rebuilt.defocus.cfg.global_context and rebuilt.depth.cfg.global_context
+    assert rebuilt.defocus.cfg.defocus_global_context and rebuilt.depth.cfg.depth_global_context
     rebuilt.load_state_dict(model.state_dict())

@@ -53,7 +53,7 @@ class ProbeConfig:
     lens_input: bool = False
     """Give DefocusNet the lens as input channels (DefocusNetConfig.lens_input)."""
     global_context: bool = False
-    """Give DefocusNet the per-image pooled bottleneck features (DefocusNetConfig.global_context)."""
+    """Give DefocusNet the per-image pooled bottleneck features (DefocusNetConfig.defocus_global_context)."""
     threads: int = 1
     seed: int = 0
 
@@ -85,7 +85,7 @@ def main(cfg: ProbeConfig) -> int:
     heldout = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.heldout_scenes])]
     net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths), reblur_features=cfg.reblur_features,
                                       lens_input=cfg.lens_input,
-                                      global_context=cfg.global_context))
+                                      defocus_global_context=cfg.global_context))
     n_parameters = count_parameters(net)
     console.print(f"DefocusNet {cfg.widths}: {n_parameters} parameters; "
                   f"{len(train)} training scenes, {len(heldout)} held-out")

@@ -127,7 +127,7 @@ class DefocusNetConfig:
     lens_input: bool = False
     """Give the network the lens (log focus distance and log CoC scale K as constant channels), so where blur
     cannot be read (flat regions) it falls back to what is likely for this focus distance, not for all of them."""
-    global_context: bool = False
+    defocus_global_context: bool = False
     """Add the whole image's pooled bottleneck features back at every position, so the blur reading can calibrate
     itself per image (how sharp this image's textures are), beyond the convolutions' receptive field."""
 
@@ -138,7 +138,7 @@ class DefocusNet(nn.Module):
         self.cfg = cfg or DefocusNetConfig()
         in_channels = 3 + 6 + (6 if self.cfg.reblur_features else 0) + (2 if self.cfg.lens_input else 0)
         self.unet = UNet(in_channels, 1, self.cfg.defocus_widths,
-                         global_context=self.cfg.global_context)
+                         global_context=self.cfg.defocus_global_context)
 
     def forward(self, image: Tensor, lenses: Tensor | None = None) -> Tensor:
         """image ``[B, 3, H, W]`` in [0, 1], lenses ``[B, 4]`` (needed with ``lens_input``) -> unsigned CoC

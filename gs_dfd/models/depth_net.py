@@ -36,7 +36,7 @@ class DepthNetConfig:
     """Depth floor of the output (metres)."""
     max_depth_m: float = 20.0
     """Depth ceiling of the output (metres)."""
-    global_context: bool = False
+    depth_global_context: bool = False
     """Add the whole image's pooled bottleneck features back at every position, so the near/far gate and the
     correction can use the scene as a whole, beyond the convolutions' receptive field."""
 
@@ -45,7 +45,7 @@ class DepthNet(nn.Module):
     def __init__(self, cfg: DepthNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DepthNetConfig()
-        self.unet = UNet(3 + 1 + 2, 2, self.cfg.depth_widths, global_context=self.cfg.global_context)
+        self.unet = UNet(3 + 1 + 2, 2, self.cfg.depth_widths, global_context=self.cfg.depth_global_context)
 
     def forward(self, image: Tensor, coc_px: Tensor, lenses: Tensor) -> dict[str, Tensor]:
         """image ``[B, 3, H, W]``, coc_px ``[B, 1, H, W]``, lenses ``[B, 4]`` -> ``depth``/``gate``
