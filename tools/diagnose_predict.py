@@ -6,7 +6,8 @@ or of a folder of ``gs-dfd fit`` outputs (``coc/000.npy``: frame 0), against the
 evaluation tool: it reads ground truth, training never does):
 
 - ``coc_err_px``: median |predicted CoC - thin-lens CoC of the true depth| (pixels), and its signed median
-  (``coc_bias_px``; < 0: the network reads less blur than there is);
+  (``coc_bias_px``; < 0: the network reads less blur than there is); ``coc_err_debiased_px``: the same error once
+  the scene's median offset is removed (what a per-image calibration of the blur reading could reach);
 - ``abs_rel``: the network's depth (as ``gs-dfd eval`` scores it);
 - ``abs_rel_far``: the thin-lens solution behind the focus plane of the predicted CoC, no DepthNet;
 - ``abs_rel_true_side``: the thin-lens solution of the predicted CoC on the true side of the focus plane
@@ -78,6 +79,7 @@ def diagnose_scene(pred_dir: Path, scene_dir: Path, lo: float, hi: float) -> dic
 
     err = (coc - true_coc)[valid]
     return {"coc_err_px": float(np.median(np.abs(err))), "coc_bias_px": float(np.median(err)),
+            "coc_err_debiased_px": float(np.median(np.abs(err - np.median(err)))),
             "abs_rel": abs_rel(depth), "abs_rel_far": abs_rel(far), "abs_rel_true_side": abs_rel(true_side),
             "near_fraction": float(np.mean(gt[valid] < lens.focus_distance_m)),
             "near_right": side_right(gt < lens.focus_distance_m, depth < lens.focus_distance_m),
