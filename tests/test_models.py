@@ -77,6 +77,9 @@ def test_global_context_starts_as_identity_and_round_trips():
     assert torch.allclose(ctx(image), plain(image))
     torch.nn.init.normal_(ctx.unet.context.mlp[-1].weight)
     assert not torch.allclose(ctx(image), plain(image))
+    tiny = DefocusNet(DefocusNetConfig(defocus_widths=(4, 8, 8, 8, 12), defocus_global_context=True))
+    torch.nn.init.normal_(tiny.unet.context.mlp[-1].weight)
+    assert torch.isfinite(tiny(torch.rand(1, 3, 16, 16))).all()  # a 1x1 bottleneck
     model = SiameseDepthModel(ctx.cfg, DepthNetConfig(depth_widths=(4, 8, 8), depth_global_context=True))
     rebuilt = build_model(model.model_config())
     assert rebuilt.defocus.cfg.defocus_global_context and rebuilt.depth.cfg.depth_global_context

@@ -128,8 +128,8 @@ class DefocusNetConfig:
     """Give the network the lens (log focus distance and log CoC scale K as constant channels), so where blur
     cannot be read (flat regions) it falls back to what is likely for this focus distance, not for all of them."""
     defocus_global_context: bool = False
-    """Add the whole image's pooled bottleneck features back at every position, so the blur reading can calibrate
-    itself per image (how sharp this image's textures are), beyond the convolutions' receptive field."""
+    """Add the whole image's pooled bottleneck features (mean and spread per channel, which group norm divides out)
+    back at every position, so the blur reading can calibrate itself per image (how sharp its textures are)."""
 
 
 class DefocusNet(nn.Module):

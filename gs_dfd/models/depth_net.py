@@ -38,7 +38,7 @@ class DepthNetConfig:
     """Depth ceiling of the output (metres)."""
     depth_global_context: bool = False
     """Add the whole image's pooled bottleneck features back at every position, so the near/far gate and the
-    correction can use the scene as a whole, beyond the convolutions' receptive field."""
+    correction can use the statistics of the scene as a whole."""
 
 
 class DepthNet(nn.Module):

@@ -99,7 +99,8 @@ class GlobalContext(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C, h, w] -> [B, C, h, w]``."""
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1)  # [B, 2C]
+        # correction=0: a 1x1 bottleneck (a tiny image) has a spread of 0, not nan
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3), correction=0)], 1)  # [B, 2C]
         return x + self.mlp(pooled)[:, :, None, None]
 
 
