@@ -78,8 +78,9 @@ def diagnose_scene(pred_dir: Path, scene_dir: Path, lo: float, hi: float) -> dic
         return float(np.mean(predicted[sel])) if sel.any() else float("nan")
 
     err = (coc - true_coc)[valid]
-    return {"coc_err_px": float(np.median(np.abs(err))), "coc_bias_px": float(np.median(err)),
-            "coc_err_debiased_px": float(np.median(np.abs(err - np.median(err)))),
+    bias = float(np.median(err))
+    return {"coc_err_px": float(np.median(np.abs(err))), "coc_bias_px": bias,
+            "coc_err_debiased_px": float(np.median(np.abs(err - bias))),
             "abs_rel": abs_rel(depth), "abs_rel_far": abs_rel(far), "abs_rel_true_side": abs_rel(true_side),
             "near_fraction": float(np.mean(gt[valid] < lens.focus_distance_m)),
             "near_right": side_right(gt < lens.focus_distance_m, depth < lens.focus_distance_m),
