@@ -146,3 +146,49 @@ def test_box_filter_matches_average_pooling():
     for k in (1, 5, 11, 21):
         ref = F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
         torch.testing.assert_close(_box(x, k), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_composed_weights_run_one_models_defocusnet_and_the_others_depthnet(tmp_path):
+    """tools/compose_weights.py (how the shipped weights are made): the result predicts exactly what the two
+    parts give one after the other; a model without the two networks is a one-line error and writes nothing."""
+    import subprocess
+    import sys
+
+    from gs_dfd.models.d3net import D3Net
+    from gs_dfd.models.defocus_net import DefocusNetConfig
+    from gs_dfd.models.lens_code import lens_row
+
+    torch.manual_seed(1)
+    a = SiameseDepthModel(DefocusNetConfig(reblur_features=True, defocus_global_context=True)).eval()
+    b = SiameseDepthModel().eval()
+    for p in b.depth.parameters():  # so that taking the wrong DepthNet would show
+        p.data.add_(0.05 * torch.randn_like(p))
+    export_weights(tmp_path / "a.pt", a, {"method": "gs-siamese", "steps": 7})
+    export_weights(tmp_path / "b.pt", b, {"method": "gs-siamese", "steps": 9})
+    tool = Path(__file__).resolve().parents[1] / "tools" / "compose_weights.py"
+    out = tmp_path / "ab.pt"
+    run = subprocess.run([sys.executable, str(tool), "--defocus-from", str(tmp_path / "a.pt"), "--depth-from",
+                          str(tmp_path / "b.pt"), "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    predictor = Predictor(out)
+    assert predictor.meta["steps"] == 7
+    assert predictor.meta["composed_from"]["depth_net"]["file"] == str(tmp_path / "b.pt")
+    img = np.random.default_rng(2).random((48, 64, 3)).astype(np.float32)
+    lens = ThinLens(0.05, 8.0, 1.0, 24e-6)
+    got = predictor.predict(img, lens)
+    a16, b16 = Predictor(tmp_path / "a.pt").model, Predictor(tmp_path / "b.pt").model  # the float16 round trip
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        coc = a16.defocus(x, lens_row(lens)[None])
+        want = b16.depth(x, coc, lens_row(lens)[None])["depth"][0, 0].numpy()
+        other = a16.depth(x, coc, lens_row(lens)[None])["depth"][0, 0].numpy()
+    np.testing.assert_allclose(got.coc_px, coc[0, 0].numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.depth_m, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(other - want).max() > 1e-3
+
+    export_weights(tmp_path / "d3.pt", D3Net(), {"method": "d3net"})
+    bad = tmp_path / "bad.pt"
+    run = subprocess.run([sys.executable, str(tool), "--defocus-from", str(tmp_path / "a.pt"), "--depth-from",
+                          str(tmp_path / "d3.pt"), "--out", str(bad)], capture_output=True, text=True)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and "d3.pt" in run.stderr, run.stderr
+    assert not bad.exists()

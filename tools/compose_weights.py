@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Compose one gs-siamese weights file from two trained models: DefocusNet from one, DepthNet from the other.
+
+    python tools/compose_weights.py --defocus-from runs/gs_siamese_nyu_reblur_ft/model.pt \\
+        --depth-from runs/gs_siamese_nyu_ft/model.pt --out gs_dfd/weights/gs_siamese_nyu.pt
+
+The shipped checkpoint is made this way (README, "The shipped checkpoint"): DepthNet reads the CoC map only
+through the lens's normalised defocus, so a DefocusNet that reads blur better can be paired with a DepthNet
+whose near/far gate behaves better on real photographs. The result is written in float16, atomically, with
+both sources in its ``meta``; its predictions are those of the two parts run one after the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gs_dfd.cli import run_tool
+from gs_dfd.console import console
+from gs_dfd.errors import InputError
+from gs_dfd.train.checkpoint import compose_siamese, export_weights
+
+
+@dataclass
+class ComposeWeightsConfig:
+    """Take DefocusNet from one gs-siamese model and DepthNet from another; write one weights file."""
+
+    defocus_from: Path
+    """Model (RUN/model.pt, RUN/checkpoint.pt or a weights file) whose DefocusNet (the blur reader) is kept."""
+    depth_from: Path
+    """Model whose DepthNet (near/far gate and correction) is kept."""
+    out: Path
+    """The weights file to write (float16, as gs-dfd train's model.pt)."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+
+def main(cfg: ComposeWeightsConfig) -> int:
+    if cfg.out.exists() and not cfg.overwrite:
+        raise InputError(cfg.out, "exists (pass --overwrite to replace it)", "--out")
+    model, meta = compose_siamese(cfg.defocus_from, cfg.depth_from)
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    export_weights(cfg.out, model, meta)
+    n = sum(p.numel() for p in model.parameters())
+    console.print(f"{cfg.out}: DefocusNet of {cfg.defocus_from} + DepthNet of {cfg.depth_from} "
+                  f"({n / 1e6:.2f} M parameters, {cfg.out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main, ComposeWeightsConfig)
