@@ -18,6 +18,7 @@ import tyro
 from gs_dfd.console import console
 from gs_dfd.errors import GsDfdError, Interrupted
 from gs_dfd.optics.thin_lens import LensError
+from gs_dfd.utils.malloc import keep_freed_memory
 
 
 # A single line break inside a paragraph, not before a list item ("- ", "* ", "1. ", "2) ").
@@ -83,10 +84,12 @@ def _configure_threads() -> None:
 
 
 def run_guarded(run: Callable[[object], int], cfg: object, debug: bool = False) -> int:
-    """Run a command the way every gs_dfd entry point does: threads set, one-line errors, exit codes
+    """Run a command the way every gs_dfd entry point does: threads set, freed memory kept (glibc; see
+    :mod:`gs_dfd.utils.malloc`), one-line errors, exit codes
     2 (bad input) and 130 (interrupted); ``debug`` re-raises instead."""
     try:
         _configure_threads()
+        keep_freed_memory()
         return run(cfg)
     except Interrupted as exc:
         console.error(str(exc))

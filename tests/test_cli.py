@@ -82,3 +82,16 @@ def test_help_documents_every_flag(argv, capsys):
     if argv[-2:] == ["rgbd", "--help"]:
         assert {"--rgb", "--depth", "--depth-scale", "--focus-distances", "--camera", "--out"} <= {
             lines[i].split()[0] for i in flag_rows}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_entry_points_keep_freed_memory_unless_the_environment_says_otherwise():
+    """gs_dfd.utils.malloc: every setting applied once per process, a MALLOC_*_ variable left to glibc."""
+    code = ("from gs_dfd.utils.malloc import keep_freed_memory as k; "
+            "print(sorted(k()), sorted(k()))")
+    env = {key: v for key, v in os.environ.items() if not key.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['MALLOC_MMAP_THRESHOLD_', 'MALLOC_TOP_PAD_', 'MALLOC_TRIM_THRESHOLD_'] []", out
+    env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['MALLOC_TOP_PAD_', 'MALLOC_TRIM_THRESHOLD_'] []", out
