@@ -23,7 +23,10 @@ Run it from the repository root (the configs' relative paths are relative to the
 2. **Training** (``gs-dfd train --config configs/<method>_nyu.yaml``) of gs-siamese, dered, d3net and mddnet into
    ``RUNS/<method>_nyu`` (``RUNS`` = ``--runs-dir``; ``--small`` uses ``RUNS/bench_small/``); gs-siamese has two
    stages, ``gs_siamese_nyu.yaml`` and then ``gs_siamese_nyu_finetune.yaml`` (``RUNS/gs_siamese_nyu_ft``, started
-   from stage 1 by ``--init-weights``; its training time counts both). A run whose
+   from stage 1 by ``--init-weights``; its training time counts both). gs-siamese's model is then composed as
+   the shipped weights are (``tools/compose_weights.py``): the DefocusNet of a second two-stage chain,
+   ``gs_siamese_nyu_reblur.yaml`` and ``gs_siamese_nyu_reblur_finetune.yaml`` (``RUNS/gs_siamese_nyu_reblur_ft``),
+   with the DepthNet of the first, into ``RUNS/gs_siamese_nyu_ft_composed/model.pt``. A run whose
    ``model.pt`` is finished and whose ``config.json`` matches the config this benchmark trains with (method,
    steps, scenes, fit iterations, networks, losses, ...) is reused; an unfinished one with a matching checkpoint
    is resumed; one with another config is moved aside to ``RUN.replaced-<time>`` (never deleted) and trained
@@ -111,9 +114,19 @@ TRAIN_RUNS: dict[str, tuple[str, str]] = {
 PRETRAIN_RUNS: dict[str, tuple[str, str]] = {
     "gs-siamese": ("gs_siamese_nyu.yaml", "gs_siamese_nyu"),
 }
+# Models composed from two chains of runs (tools/compose_weights.py): method -> (stage-1, stage-2) of the chain
+# whose DefocusNet is kept; the DepthNet comes from the method's own run (TRAIN_RUNS). gs-siamese's shipped
+# weights are made so (README, "The shipped checkpoint").
+DEFOCUS_CHAINS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "gs-siamese": (("gs_siamese_nyu_reblur.yaml", "gs_siamese_nyu_reblur"),
+                   ("gs_siamese_nyu_reblur_finetune.yaml", "gs_siamese_nyu_reblur_ft")),
+}
 # The full setting's training folders that are not tools/make_training_set.py's defaults: its extra flags.
+SIX_FOCUS_DISTANCES = ("--focus-distances-m", "1", "1.5", "1.7", "2.5", "4", "6")
 TRAIN_SET_FLAGS: dict[str, tuple[str, ...]] = {
     "data_local/train_set_all": ("--all-d3net-ids",),
+    "data_local/train_set_f17": SIX_FOCUS_DISTANCES,
+    "data_local/train_set_all_f17": ("--all-d3net-ids", *SIX_FOCUS_DISTANCES),
 }
 SUPERVISED = ("d3net", "mddnet")
 
@@ -556,14 +569,14 @@ def execute_run(rec: Recorder, plan: RunPlan) -> None:
         raise GsDfdError(f"{plan.run_dir}: training ended without model.pt and summary.json")
 
 
-def two_stage_seconds(stage1: dict[str, Any], stage2: dict[str, Any]) -> float:
-    """A fine-tuned model's training time: both stages' training plus each scene's one-off fit once (the
-    stages share the fit cache)."""
-    a, b = stage1.get("fit_seconds_by_scene"), stage2.get("fit_seconds_by_scene")
-    if a is None or b is None:  # fit times unknown: count both stages in full (an upper bound)
-        return float(stage1["training_seconds"]) + float(stage2["training_seconds"])
-    train = float(stage1.get("train_seconds") or 0.0) + float(stage2.get("train_seconds") or 0.0)
-    return train + sum({**a, **b}.values())
+def two_stage_seconds(stage1: dict[str, Any], stage2: dict[str, Any], *more: dict[str, Any]) -> float:
+    """A fine-tuned (or composed) model's training time: every run's training plus each one-off fit once (runs
+    that share a fit cache share its fits)."""
+    stages = (stage1, stage2, *more)
+    if any(r.get("fit_seconds_by_scene") is None for r in stages):  # fit times unknown: count every run in full
+        return sum(float(r["training_seconds"]) for r in stages)
+    fits = {(r.get("fit_cache"), name): t for r in stages for name, t in r["fit_seconds_by_scene"].items()}
+    return sum(float(r.get("train_seconds") or 0.0) for r in stages) + sum(fits.values())
 
 
 def training_record(plan: RunPlan) -> dict[str, Any]:
@@ -587,6 +600,7 @@ def training_record(plan: RunPlan) -> dict[str, Any]:
                 break
         fits = sum(by_scene.values()) if by_scene is not None else None
     record["fit_seconds_by_scene"] = by_scene
+    record["fit_cache"] = None if plan.fit_cache is None else str(plan.fit_cache)
     # gs-siamese and dered share one fit cache: the run that came second paid nothing for it, but needs it.
     record["fit_cache_fits_seconds"] = fits
     fit_cost = max(float(summary.get("fit_cache_seconds") or 0.0), fits or 0.0)
@@ -634,8 +648,8 @@ def evaluate(rec: Recorder, cfg: BenchmarkConfig, scenes_dir: Path, pred_dir: Pa
 
 
 def run_method(rec: Recorder, cfg: BenchmarkConfig, setting: Setting, method: MethodSpec, data_set: str,
-               scenes_dir: Path, tmp: Path, plans: dict[str, RunPlan],
-               runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+               scenes_dir: Path, tmp: Path, plans: dict[str, RunPlan], runs: dict[str, dict[str, Any]],
+               models: dict[str, Path]) -> dict[str, Any]:
     """Predict (or fit) and evaluate one method on one data set; returns its row."""
     names = scene_names(scenes_dir)
     n_frames = len(json.loads((scenes_dir / names[0] / "scene.json").read_text())["frames"])
@@ -646,14 +660,14 @@ def run_method(rec: Recorder, cfg: BenchmarkConfig, setting: Setting, method: Me
                            "data_set_label": DATA_SET_LABELS[data_set], "training_seconds": None}
     if method.kind == "net":
         frames = [0, 1] if method.pair else [0]
-        plan = plans[method.train_method]
-        argv = ["predict", "--no-progress", "--checkpoint", str(plan.run_dir / "model.pt"), "--scene", str(scenes_dir),
+        model = models[method.train_method]
+        argv = ["predict", "--no-progress", "--checkpoint", str(model), "--scene", str(scenes_dir),
                 "--frame", "0",
                 *(["--pair-frame", "1"] if method.pair else []), "--out", str(pred_dir)]
         rec.cli(argv, f"predict {method.key} on {data_set}")
         row["seconds_per_image"] = _median_json([pred_dir / n / "prediction.json" for n in names], "model_seconds")
         row["time_source"] = "median model_seconds of prediction.json"
-        row["checkpoint"] = str(plan.run_dir / "model.pt")
+        row["checkpoint"] = str(model)
         mc = _median_json([pred_dir / n / "prediction.json" for n in names], "mc_samples")
         if mc is not None and mc > 1:
             row["mc_samples"] = int(mc)
@@ -671,8 +685,8 @@ def run_method(rec: Recorder, cfg: BenchmarkConfig, setting: Setting, method: Me
         init: list[str] = []
         if method.kind == "fit" and distinct_focus < 2:
             row["init"] = cfg.fit_init if cfg.fit_init != "run" else "gs-siamese"
-            init = {"run": ["--init", "network", "--init-checkpoint", str(plans["gs-siamese"].run_dir / "model.pt")]
-                    if "gs-siamese" in plans else [], "auto": [], "constant": ["--init", "constant"]}[cfg.fit_init]
+            init = {"run": ["--init", "network", "--init-checkpoint", str(models["gs-siamese"])]
+                    if "gs-siamese" in models else [], "auto": [], "constant": ["--init", "constant"]}[cfg.fit_init]
         if not todo:
             row.update(input=describe_input(scenes_dir / names[0], frames), na=f"not run in --{setting.name}", scenes=0)
             return row
@@ -799,6 +813,11 @@ def table_markdown(rows: list[dict[str, Any]], hw: dict[str, Any], setting: Sett
         "*training time*: `train_seconds` of the run's summary.json plus its training scenes' one-off Gaussian "
         "fits (gs-siamese and dered share them; each row counts them in full).",
     ]
+    for m, r in runs.items():
+        if r.get("composed"):
+            notes.append(f"*{m}*: DefocusNet of `{r['composed']['defocus_net_from']}` with the DepthNet of "
+                         f"`{r['run_dir']}` (`tools/compose_weights.py`, as the shipped weights); its training time "
+                         "counts all four runs.")
     starts = {r["init"] for r in rows if r.get("init") and "na" not in r}
     if starts:
         notes.append("*fit* on the single-focus real pairs has no depth-from-focus start: it starts from "
@@ -864,6 +883,10 @@ def main(cfg: BenchmarkConfig) -> int:
         if m in PRETRAIN_RUNS:  # stage 1 first (dicts keep order: it is also trained first)
             pre = plans[f"{m} (stage 1)"] = plan_run(cfg, setting, m, train_set, PRETRAIN_RUNS[m])
         plans[m] = plan_run(cfg, setting, m, train_set, init_from=pre)
+        if m in DEFOCUS_CHAINS:  # the chain whose DefocusNet the composed model keeps
+            first, second = DEFOCUS_CHAINS[m]
+            pre = plans[f"{m} defocus (stage 1)"] = plan_run(cfg, setting, m, train_set, first)
+            plans[f"{m} defocus"] = plan_run(cfg, setting, m, train_set, second, init_from=pre)
     for key, p in plans.items():
         console.print(f"plan: {key:<10} {p.decision.action:<7} {p.run_dir} ({p.decision.reason})")
     for folder in sorted({s for p in plans.values() if p.decision.action != "reuse" for s in p.scenes}):
@@ -893,17 +916,30 @@ def main(cfg: BenchmarkConfig) -> int:
     for p in to_train:
         execute_run(rec, p)
     runs = {m: training_record(p) for m, p in plans.items()}
+    models = {m: plans[m].run_dir / "model.pt" for m in need_runs}
     for m in PRETRAIN_RUNS:
         if m in runs and f"{m} (stage 1)" in runs:
-            runs[m]["training_seconds"] = two_stage_seconds(runs[f"{m} (stage 1)"], runs[m])
+            stages = [runs[f"{m} (stage 1)"], runs[m]]
+            if m in DEFOCUS_CHAINS:
+                stages += [runs[f"{m} defocus (stage 1)"], runs[f"{m} defocus"]]
+            runs[m]["training_seconds"] = two_stage_seconds(*stages)
             runs[m]["includes_stage_1"] = plans[f"{m} (stage 1)"].run_dir.as_posix()
+    for m in DEFOCUS_CHAINS:
+        if m in models:
+            models[m] = models[m].parent.with_name(models[m].parent.name + "_composed") / "model.pt"
+            rec.tool("compose_weights", "ComposeWeightsConfig",
+                     ["--defocus-from", str(plans[f"{m} defocus"].run_dir / "model.pt"), "--depth-from",
+                      str(plans[m].run_dir / "model.pt"), "--out", str(models[m]), "--overwrite"], f"compose {m}")
+            runs[m]["composed"] = {"model": str(models[m]), "defocus_net_from": str(plans[f"{m} defocus"].run_dir),
+                                   "includes": [plans[k].run_dir.as_posix() for k in (f"{m} defocus (stage 1)",
+                                                                                       f"{m} defocus")]}
 
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         rec.tmp, rec.out = tmp, cfg.out
         rows = []
         for d in data_sets:
             for m in methods:
-                rows.append(run_method(rec, cfg, setting, m, d, data_dirs[d], tmp, plans, runs))
+                rows.append(run_method(rec, cfg, setting, m, d, data_dirs[d], tmp, plans, runs, models))
         for r in rows:
             for k in ("predictions_dir", "eval_dir"):
                 if k in r:

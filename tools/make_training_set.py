@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Build the training scenes of the shipped gs-siamese checkpoint (see configs/gs_siamese_nyu.yaml).
+"""Build the training scenes of the shipped gs-siamese checkpoint (see configs/gs_siamese_nyu*.yaml).
 
 - ``d3net_rgbd_NNN``: synthetic nyu-camera focal stacks (320x240, focus 1, 1.5,
   2.5, 4, 6 m) rendered from the f/8 image and depth of d3net_indoor_train
@@ -12,6 +12,8 @@ Deterministic: the same arguments give bit-identical scenes.
 
     python tools/make_training_set.py --src ../shared/data --out data_local/train_set
     python tools/make_training_set.py --src ../shared/data --out data_local/train_set_all --all-d3net-ids
+    python tools/make_training_set.py --src ../shared/data --out data_local/train_set_f17 \
+        --focus-distances-m 1 1.5 1.7 2.5 4 6     # (and --all-d3net-ids): the DefocusNet chain's six-frame stacks
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class TrainingSetConfig:
     """d3net_indoor_train scene ids (ids divisible by 4 are the held-out evaluation scenes)."""
     all_d3net_ids: bool = False
     """Use every id that is not held out (the 60 of 0-80 with id % 4 != 0) instead of --d3net-ids: the training
-    set of the fine-tuning stage (configs/gs_siamese_nyu_finetune.yaml)."""
+    set of the fine-tuning stages (configs/gs_siamese_nyu_finetune.yaml, configs/gs_siamese_nyu_reblur_finetune.yaml)."""
     procedural_kinds: tuple[str, ...] = ("mixed", "planes", "occlusion")
     """Procedural scene kinds."""
     procedural_per_kind: int = 3

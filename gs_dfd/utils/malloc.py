@@ -3,8 +3,8 @@
 Torch frees and re-allocates its megabyte-sized temporaries at every forward pass. glibc serves blocks above its
 mmap threshold with fresh pages and gives them back on free, so every pass pays the page faults again. Raising
 the threshold and the trim threshold keeps those pages mapped (the Makefile sets the same through
-``MALLOC_*_`` variables for the tests). Measured with ``tools/bench_predict.py`` (2 threads, 320x240): the
-shipped weights' model time 68-74 ms with glibc's defaults, 56-57 ms with these settings.
+``MALLOC_*_`` variables for the tests). Measured with ``tools/bench_predict.py`` (2 threads, 320x240, a 2-core
+AMD EPYC): v1 weights' model time 68-74 ms with glibc's defaults, 54-57 ms with these settings.
 """
 
 from __future__ import annotations
