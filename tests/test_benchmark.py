@@ -133,14 +133,14 @@ def test_fine_tuned_run_follows_its_first_stage(bench, tmp_path):
     # Its training time counts both stages and each shared scene's fit once.
     s1 = {"training_seconds": 130.0, "train_seconds": 100.0, "fit_seconds_by_scene": {"a": 10.0, "b": 20.0}}
     s2 = {"training_seconds": 90.0, "train_seconds": 50.0, "fit_seconds_by_scene": {"a": 10.0, "b": 20.0, "c": 10.0}}
-    assert bench.two_stage_seconds(s1, s2) == 100.0 + 50.0 + 40.0
-    assert bench.two_stage_seconds(s1, {**s2, "fit_seconds_by_scene": None}) == 220.0
+    assert bench.runs_seconds(s1, s2) == 100.0 + 50.0 + 40.0
+    assert bench.runs_seconds(s1, {**s2, "fit_seconds_by_scene": None}) == 220.0
     # A composed model counts its second chain too; a fit cache of its own is counted, a shared one once.
     d1 = {"train_seconds": 70.0, "fit_cache": "f17", "fit_seconds_by_scene": {"a": 5.0, "b": 5.0}}
     d2 = {"train_seconds": 30.0, "fit_cache": "f17", "fit_seconds_by_scene": {"a": 5.0, "b": 5.0, "c": 5.0}}
-    assert bench.two_stage_seconds(s1, s2, d1, d2) == 100.0 + 50.0 + 40.0 + 70.0 + 30.0 + 15.0
+    assert bench.runs_seconds(s1, s2, d1, d2) == 100.0 + 50.0 + 40.0 + 70.0 + 30.0 + 15.0
     shared = {"fit_cache": None, "fit_seconds_by_scene": s2["fit_seconds_by_scene"]}
-    assert bench.two_stage_seconds(s1, s2, {**d1, **shared}, {**d2, **shared}) == 250.0 + 40.0
+    assert bench.runs_seconds(s1, s2, {**d1, **shared}, {**d2, **shared}) == 250.0 + 40.0
     # The full setting's fine-tuning set is built with every non-held-out d3net id.
     argv = bench.data_argv(cfg, bench.SETTINGS["full"], "train", Path("data_local/train_set_all"), owned=False)
     assert "--all-d3net-ids" in argv

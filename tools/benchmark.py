@@ -569,7 +569,7 @@ def execute_run(rec: Recorder, plan: RunPlan) -> None:
         raise GsDfdError(f"{plan.run_dir}: training ended without model.pt and summary.json")
 
 
-def two_stage_seconds(stage1: dict[str, Any], stage2: dict[str, Any], *more: dict[str, Any]) -> float:
+def runs_seconds(stage1: dict[str, Any], stage2: dict[str, Any], *more: dict[str, Any]) -> float:
     """A fine-tuned (or composed) model's training time: every run's training plus each one-off fit once (runs
     that share a fit cache share its fits)."""
     stages = (stage1, stage2, *more)
@@ -648,9 +648,9 @@ def evaluate(rec: Recorder, cfg: BenchmarkConfig, scenes_dir: Path, pred_dir: Pa
 
 
 def run_method(rec: Recorder, cfg: BenchmarkConfig, setting: Setting, method: MethodSpec, data_set: str,
-               scenes_dir: Path, tmp: Path, plans: dict[str, RunPlan], runs: dict[str, dict[str, Any]],
-               models: dict[str, Path]) -> dict[str, Any]:
-    """Predict (or fit) and evaluate one method on one data set; returns its row."""
+               scenes_dir: Path, tmp: Path, runs: dict[str, dict[str, Any]], models: dict[str, Path]) -> dict[str, Any]:
+    """Predict (or fit) and evaluate one method on one data set with ``models`` (train method -> the weights
+    predict uses); returns its row."""
     names = scene_names(scenes_dir)
     n_frames = len(json.loads((scenes_dir / names[0] / "scene.json").read_text())["frames"])
     slug = method.key.replace("-", "_")
@@ -922,7 +922,7 @@ def main(cfg: BenchmarkConfig) -> int:
             stages = [runs[f"{m} (stage 1)"], runs[m]]
             if m in DEFOCUS_CHAINS:
                 stages += [runs[f"{m} defocus (stage 1)"], runs[f"{m} defocus"]]
-            runs[m]["training_seconds"] = two_stage_seconds(*stages)
+            runs[m]["training_seconds"] = runs_seconds(*stages)
             runs[m]["includes_stage_1"] = plans[f"{m} (stage 1)"].run_dir.as_posix()
     for m in DEFOCUS_CHAINS:
         if m in models:
@@ -939,7 +939,7 @@ def main(cfg: BenchmarkConfig) -> int:
         rows = []
         for d in data_sets:
             for m in methods:
-                rows.append(run_method(rec, cfg, setting, m, d, data_dirs[d], tmp, plans, runs, models))
+                rows.append(run_method(rec, cfg, setting, m, d, data_dirs[d], tmp, runs, models))
         for r in rows:
             for k in ("predictions_dir", "eval_dir"):
                 if k in r:
