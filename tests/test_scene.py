@@ -218,3 +218,25 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "dir").stat().st_mode & 0o777 == 0o755
+
+
+def test_output_folder_refusals_leave_it_untouched(tmp_path):
+    from gs_dfd.errors import GsDfdError
+    from gs_dfd.utils.atomic import atomic_output_dir
+
+    (tmp_path / "file").write_text("keep")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "old").write_text("keep")
+    with pytest.raises(GsDfdError, match="is not a folder"):
+        with atomic_output_dir(tmp_path / "file", overwrite=True):
+            pass
+    with pytest.raises(GsDfdError, match="pass --overwrite"):
+        with atomic_output_dir(tmp_path / "dir", overwrite=False):
+            pass
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(tmp_path / "dir", overwrite=True) as tmp:
+            (tmp / "new").write_text("half")
+            raise KeyboardInterrupt
+    assert (tmp_path / "file").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]
+    assert [p.name for p in (tmp_path / "dir").iterdir()] == ["old"]

@@ -34,7 +34,7 @@ from gs_dfd.errors import GsDfdError, InputError
 from gs_dfd.eval.metrics import (
     DEPTH_METRIC_KEYS, abs_rel_map, depth_metrics, evaluation_mask, image_metrics, lpips_status, mean_depth_metrics,
 )
-from gs_dfd.utils.atomic import atomic_output_dir, write_file_atomic, write_json_atomic
+from gs_dfd.utils.atomic import atomic_output_dir, check_output_dir, write_file_atomic, write_json_atomic
 from gs_dfd.viz.colormap import colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
@@ -140,10 +140,7 @@ def _validate(cfg: EvalConfig) -> str:
                        ("--predictions", cfg.predictions)):
         if path is not None and (path.resolve() == out or out in path.resolve().parents):
             raise InputError(None, f"{cfg.out} holds the input {flag} {path}; choose another output folder", "--out")
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise GsDfdError(f"{cfg.out}: exists and is not a folder")
-    if cfg.out.exists() and not cfg.overwrite:
-        raise GsDfdError(f"{cfg.out}: output folder exists (pass --overwrite to replace it)")
+    check_output_dir(cfg.out, cfg.overwrite)
     return form
 
 

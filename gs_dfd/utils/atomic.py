@@ -60,6 +60,15 @@ def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
     return write_file_atomic(path, _write)
 
 
+def check_output_dir(out: str | Path, overwrite: bool) -> None:
+    """Refuse an output folder up front, so a long job fails before it starts, not after."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GsDfdError(f"{out}: exists and is not a folder")
+    if out.exists() and not overwrite:
+        raise GsDfdError(f"{out}: output folder exists (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Build a whole output folder in a hidden sibling, then move it into place.
@@ -68,10 +77,7 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
     removed and ``out`` is untouched.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise GsDfdError(f"{out}: output folder exists (pass --overwrite to replace it)")
-    if out.exists() and not out.is_dir():
-        raise GsDfdError(f"{out}: exists and is not a folder")
+    check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
