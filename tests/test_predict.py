@@ -11,7 +11,7 @@ import torch
 
 from gs_dfd.cli import main
 from gs_dfd.data.images import write_png
-from gs_dfd.infer.pair import fuse_pair
+from gs_dfd.infer.pair import coc_scale_px, fuse_pair
 from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
 from gs_dfd.export.camera_json import read_camera_json
 from gs_dfd.optics.thin_lens import ThinLens
@@ -135,6 +135,22 @@ def test_pair_fusion_resolves_near_far_where_both_cocs_agree():
     # Contradictory CoC maps (no candidate pair agrees): the networks' depth stays.
     kept = fuse_pair(prior, coc_a * 0 + 40.0, la, prior, coc_b * 0, lb)
     np.testing.assert_allclose(kept, prior, rtol=1e-5)
+
+
+def test_pair_fusion_weighs_each_frame_by_its_coc_precision():
+    """An aperture pair: one CoC pixel of the f/8 frame means (8 / 2.8) times more inverse depth than one of
+    the f/2.8 frame, so the f/2.8 frame weighs (8 / 2.8)^2 as much."""
+    la, lb = ThinLens(0.05, 2.8, 1.7, 24e-6), ThinLens(0.05, 8.0, 1.7, 24e-6)
+    w_a = 1.0 / (1.0 + (2.8 / 8.0) ** 2)
+    ones = np.ones((4, 5))
+    kept = fuse_pair(2.0 * ones, 40.0 * ones, la, 1.0 * ones, 0.0 * ones, lb)  # no candidates agree
+    np.testing.assert_allclose(kept, 2.0 ** w_a, rtol=1e-5)
+    depth = np.random.default_rng(1).uniform(2.0, 4.0, (20, 30))  # one side of the focus plane
+    coc_b_noisy = np.asarray(lb.coc_px(depth)) + 0.4
+    fused = fuse_pair(depth, np.asarray(la.coc_px(depth)), la, depth, coc_b_noisy, lb)
+    alone_b = 1.0 / ((1.0 - coc_b_noisy / coc_scale_px(lb)) / lb.focus_distance_m)
+    err_fused, err_b = np.abs(1 / fused - 1 / depth), np.abs(1 / alone_b - 1 / depth)
+    np.testing.assert_allclose(err_fused, (1 - w_a) * err_b, rtol=1e-3)
 
 
 def test_box_filter_matches_average_pooling():

@@ -49,7 +49,8 @@ class PredictConfig:
     """Frame index within --scene."""
     pair_frame: Optional[int] = None
     """Also read this frame of --scene (the siamese pair; two focus distances or apertures): where the two CoC
-    maps agree on one thin-lens depth that depth, else the geometric mean of both branches."""
+    maps agree on one thin-lens depth that depth, else the geometric mean of both branches; each frame weighs
+    by the precision of its CoC, so of an f/2.8 + f/8 pair the f/2.8 frame counts about 8x."""
     image: Optional[Path] = None
     """An image file, or a folder of .png/.jpg images (needs --camera and --focus-distance-m)."""
     camera: Optional[Literal[tuple(PRESETS)]] = None  # type: ignore[valid-type]

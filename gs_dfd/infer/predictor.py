@@ -94,10 +94,11 @@ class Predictor:
     def predict_pair(self, images: tuple[np.ndarray, np.ndarray], lenses: tuple[ThinLens, ThinLens],
                      mc_samples: int | None = None) -> Prediction:
         """Two frames of one view (the siamese pair: two focus distances or apertures), each ``[H, W, C]``:
-        depth = the thin-lens agreement of both CoC maps where they agree (:mod:`gs_dfd.infer.pair`), else the
-        geometric mean of both branches' depths; CoC and gate are the first frame's (its lens is the one
-        reported); model time is both passes'. MC-dropout std (d3net) propagates to the geometric mean as
-        ``d * sqrt((s_a/d_a)^2 + (s_b/d_b)^2) / 2`` (independent passes)."""
+        depth = the thin-lens agreement of both CoC maps where they agree, else the geometric mean of both
+        branches' depths, each weighted by its frame's CoC precision (:mod:`gs_dfd.infer.pair`); for the
+        baselines, whose CoC is derived from their depth, the plain geometric mean. CoC and gate are the first
+        frame's (its lens is the one reported); model time is both passes'. MC-dropout std (d3net) propagates to
+        the geometric mean as ``d * sqrt((s_a/d_a)^2 + (s_b/d_b)^2) / 2`` (independent passes)."""
         assert len(images) == len(lenses) == 2, (len(images), len(lenses))
         a = self.predict(images[0], lenses[0], mc_samples)
         b = self.predict(images[1], lenses[1], mc_samples)
