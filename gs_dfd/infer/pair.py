@@ -36,14 +36,16 @@ def fuse_pair(depth_a: np.ndarray, coc_a: np.ndarray, lens_a: ThinLens, depth_b:
     ``max_log_change``: largest |log| ratio between the thin-lens answer and the networks' depth to accept it.
     """
     assert depth_a.shape == coc_a.shape == depth_b.shape == coc_b.shape, (depth_a.shape, coc_b.shape)
-    q_per_px = [1.0 / (coc_scale_px(lens) * lens.focus_distance_m) for lens in (lens_a, lens_b)]
+    lenses = (lens_a, lens_b)
+    scales_px = [coc_scale_px(lens) for lens in lenses]
+    q_per_px = [1.0 / (k * lens.focus_distance_m) for k, lens in zip(scales_px, lenses)]
     w_a = q_per_px[1] ** 2 / (q_per_px[0] ** 2 + q_per_px[1] ** 2)  # precision weight of frame a
     w_b = 1.0 - w_a
     prior_q = np.exp(-(w_a * np.log(depth_a) + w_b * np.log(depth_b)))
     q_noise = float(np.hypot(*q_per_px))
     cands = []
-    for coc, lens in ((coc_a, lens_a), (coc_b, lens_b)):
-        ratio = coc / coc_scale_px(lens)
+    for coc, k, lens in zip((coc_a, coc_b), scales_px, lenses):
+        ratio = coc / k
         cands.append([(1.0 - ratio) / lens.focus_distance_m, (1.0 + ratio) / lens.focus_distance_m])
     # Of the candidate pairs that agree and stay near the networks' depth, the one that agrees best. An aperture
     # pair's near and far candidates agree exactly equally well; the tie-break term (at most 0.0005 px) lets
