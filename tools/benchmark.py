@@ -12,8 +12,9 @@ Run it from the repository root (the configs' relative paths are relative to the
    ``--src`` (``../shared/data``):
 
    - the training scenes (``tools/make_training_set.py``: d3net_indoor_train ids with id % 4 != 0 and procedural
-     scenes); the full setting uses the folders the committed configs name (``data_local/train_set``, and
-     ``data_local/train_set_all`` with every non-held-out id for gs-siamese's fine-tuning stage);
+     scenes); the full setting uses the folders the committed configs name: ``data_local/train_set`` for dered,
+     d3net and mddnet; ``data_local/train_set_f17`` and ``data_local/train_set_all_f17`` (six focus distances; the
+     second with every non-held-out id) for gs-siamese's two stages;
    - *synthetic*: nyu-camera 5-frame focal stacks (320x240, f/8, focus 1, 1.5, 2.5, 4, 6 m) synthesised from the
      held-out real RGB-D (``tools/convert_rgbd_sets.py``): d3net_indoor_train ids 000, 004, ..., 080 (f/8 image +
      Xtion depth), NYUv2 0045 and the 4 Middlebury scenes;
@@ -21,17 +22,14 @@ Run it from the repository root (the configs' relative paths are relative to the
      645x432, frame 0 = f/2.8, frame 1 = f/8, nominal focus 1.7 m).
 
 2. **Training** (``gs-dfd train --config configs/<method>_nyu.yaml``) of gs-siamese, dered, d3net and mddnet into
-   ``RUNS/<method>_nyu`` (``RUNS`` = ``--runs-dir``; ``--small`` uses ``RUNS/bench_small/``); gs-siamese has two
-   stages, ``gs_siamese_nyu.yaml`` and then ``gs_siamese_nyu_finetune.yaml`` (``RUNS/gs_siamese_nyu_ft``, started
-   from stage 1 by ``--init-weights``; its training time counts both). gs-siamese's model is then composed as
-   the shipped weights are (``tools/compose_weights.py``): the DefocusNet of a second two-stage chain,
-   ``gs_siamese_nyu_reblur.yaml`` and ``gs_siamese_nyu_reblur_finetune.yaml`` (``RUNS/gs_siamese_nyu_reblur_ft``),
-   with the DepthNet of the first, into ``RUNS/gs_siamese_nyu_ft_composed/model.pt``. A run whose
-   ``model.pt`` is finished and whose ``config.json`` matches the config this benchmark trains with (method,
-   steps, scenes, fit iterations, networks, losses, ...) is reused; an unfinished one with a matching checkpoint
-   is resumed; one with another config is moved aside to ``RUN.replaced-<time>`` (never deleted) and trained
-   anew. A run folder written to in the last ``--busy-minutes`` without a finished model is taken for a training
-   in progress and refused.
+   ``RUNS/<method>_nyu`` (``RUNS`` = ``--runs-dir``; ``--small`` uses ``RUNS/bench_small/``); gs-siamese has the
+   shipped weights' two stages, ``gs_siamese_nyu_reblur.yaml`` and then ``gs_siamese_nyu_reblur_finetune.yaml``
+   (``RUNS/gs_siamese_nyu_reblur_ft``, started from stage 1 by ``--init-weights``; its training time counts
+   both). A run whose ``model.pt`` is finished and whose ``config.json`` matches the config this benchmark trains
+   with (method, steps, scenes, fit iterations, networks, losses, ...) is reused; an unfinished one with a
+   matching checkpoint is resumed; one with another config is moved aside to ``RUN.replaced-<time>`` (never
+   deleted) and trained anew. A run folder written to in the last ``--busy-minutes`` without a finished model is
+   taken for a training in progress and refused.
 
 3. **Predictions and fits**: ``gs-dfd predict`` of each network on frame 0 of every scene (``gs-siamese (pair)``:
    frames 0 + 1); ``gs-dfd fit --method dff`` and ``gs-dfd fit`` (per-scene Gaussians) on each scene's whole stack.
@@ -104,7 +102,7 @@ METHODS: dict[str, MethodSpec] = {m.key: m for m in (
 
 # gs-dfd train --method -> (committed config, run folder name)
 TRAIN_RUNS: dict[str, tuple[str, str]] = {
-    "gs-siamese": ("gs_siamese_nyu_finetune.yaml", "gs_siamese_nyu_ft"),
+    "gs-siamese": ("gs_siamese_nyu_reblur_finetune.yaml", "gs_siamese_nyu_reblur_ft"),
     "dered": ("dered_nyu.yaml", "dered_nyu"),
     "d3net": ("d3net_nyu.yaml", "d3net_nyu"),
     "mddnet": ("mddnet_nyu.yaml", "mddnet_nyu"),
@@ -112,19 +110,11 @@ TRAIN_RUNS: dict[str, tuple[str, str]] = {
 # Runs that fine-tune another (their config's init_weights): method -> (stage-1 config, run folder name).
 # The benchmark trains stage 1 first and points stage 2's --init-weights at it.
 PRETRAIN_RUNS: dict[str, tuple[str, str]] = {
-    "gs-siamese": ("gs_siamese_nyu.yaml", "gs_siamese_nyu"),
-}
-# Models composed from two chains of runs (tools/compose_weights.py): method -> (stage-1, stage-2) of the chain
-# whose DefocusNet is kept; the DepthNet comes from the method's own run (TRAIN_RUNS). gs-siamese's shipped
-# weights are made so (README, "The shipped checkpoint").
-DEFOCUS_CHAINS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
-    "gs-siamese": (("gs_siamese_nyu_reblur.yaml", "gs_siamese_nyu_reblur"),
-                   ("gs_siamese_nyu_reblur_finetune.yaml", "gs_siamese_nyu_reblur_ft")),
+    "gs-siamese": ("gs_siamese_nyu_reblur.yaml", "gs_siamese_nyu_reblur"),
 }
 # The full setting's training folders that are not tools/make_training_set.py's defaults: its extra flags.
 SIX_FOCUS_DISTANCES = ("--focus-distances-m", "1", "1.5", "1.7", "2.5", "4", "6")
 TRAIN_SET_FLAGS: dict[str, tuple[str, ...]] = {
-    "data_local/train_set_all": ("--all-d3net-ids",),
     "data_local/train_set_f17": SIX_FOCUS_DISTANCES,
     "data_local/train_set_all_f17": ("--all-d3net-ids", *SIX_FOCUS_DISTANCES),
 }
@@ -569,10 +559,10 @@ def execute_run(rec: Recorder, plan: RunPlan) -> None:
         raise GsDfdError(f"{plan.run_dir}: training ended without model.pt and summary.json")
 
 
-def runs_seconds(stage1: dict[str, Any], stage2: dict[str, Any], *more: dict[str, Any]) -> float:
-    """A fine-tuned (or composed) model's training time: every run's training plus each one-off fit once (runs
-    that share a fit cache share its fits)."""
-    stages = (stage1, stage2, *more)
+def runs_seconds(stage1: dict[str, Any], stage2: dict[str, Any]) -> float:
+    """A fine-tuned model's training time: both runs' training plus each one-off fit once (runs that share a fit
+    cache share its fits)."""
+    stages = (stage1, stage2)
     if any(r.get("fit_seconds_by_scene") is None for r in stages):  # fit times unknown: count every run in full
         return sum(float(r["training_seconds"]) for r in stages)
     fits = {(r.get("fit_cache"), name): t for r in stages for name, t in r["fit_seconds_by_scene"].items()}
@@ -813,11 +803,6 @@ def table_markdown(rows: list[dict[str, Any]], hw: dict[str, Any], setting: Sett
         "*training time*: `train_seconds` of the run's summary.json plus its training scenes' one-off Gaussian "
         "fits (gs-siamese and dered share them; each row counts them in full).",
     ]
-    for m, r in runs.items():
-        if r.get("composed"):
-            notes.append(f"*{m}*: DefocusNet of `{r['composed']['defocus_net_from']}` with the DepthNet of "
-                         f"`{r['run_dir']}` (`tools/compose_weights.py`, as the shipped weights); its training time "
-                         "counts all four runs.")
     starts = {r["init"] for r in rows if r.get("init") and "na" not in r}
     if starts:
         notes.append("*fit* on the single-focus real pairs has no depth-from-focus start: it starts from "
@@ -883,10 +868,6 @@ def main(cfg: BenchmarkConfig) -> int:
         if m in PRETRAIN_RUNS:  # stage 1 first (dicts keep order: it is also trained first)
             pre = plans[f"{m} (stage 1)"] = plan_run(cfg, setting, m, train_set, PRETRAIN_RUNS[m])
         plans[m] = plan_run(cfg, setting, m, train_set, init_from=pre)
-        if m in DEFOCUS_CHAINS:  # the chain whose DefocusNet the composed model keeps
-            first, second = DEFOCUS_CHAINS[m]
-            pre = plans[f"{m} defocus (stage 1)"] = plan_run(cfg, setting, m, train_set, first)
-            plans[f"{m} defocus"] = plan_run(cfg, setting, m, train_set, second, init_from=pre)
     for key, p in plans.items():
         console.print(f"plan: {key:<10} {p.decision.action:<7} {p.run_dir} ({p.decision.reason})")
     for folder in sorted({s for p in plans.values() if p.decision.action != "reuse" for s in p.scenes}):
@@ -919,20 +900,8 @@ def main(cfg: BenchmarkConfig) -> int:
     models = {m: plans[m].run_dir / "model.pt" for m in need_runs}
     for m in PRETRAIN_RUNS:
         if m in runs and f"{m} (stage 1)" in runs:
-            stages = [runs[f"{m} (stage 1)"], runs[m]]
-            if m in DEFOCUS_CHAINS:
-                stages += [runs[f"{m} defocus (stage 1)"], runs[f"{m} defocus"]]
-            runs[m]["training_seconds"] = runs_seconds(*stages)
+            runs[m]["training_seconds"] = runs_seconds(runs[f"{m} (stage 1)"], runs[m])
             runs[m]["includes_stage_1"] = plans[f"{m} (stage 1)"].run_dir.as_posix()
-    for m in DEFOCUS_CHAINS:
-        if m in models:
-            models[m] = models[m].parent.with_name(models[m].parent.name + "_composed") / "model.pt"
-            rec.tool("compose_weights", "ComposeWeightsConfig",
-                     ["--defocus-from", str(plans[f"{m} defocus"].run_dir / "model.pt"), "--depth-from",
-                      str(plans[m].run_dir / "model.pt"), "--out", str(models[m]), "--overwrite"], f"compose {m}")
-            runs[m]["composed"] = {"model": str(models[m]), "defocus_net_from": str(plans[f"{m} defocus"].run_dir),
-                                   "includes": [plans[k].run_dir.as_posix() for k in (f"{m} defocus (stage 1)",
-                                                                                       f"{m} defocus")]}
 
     with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
         rec.tmp, rec.out = tmp, cfg.out
