@@ -165,7 +165,7 @@ def test_box_filter_matches_average_pooling():
 
 
 def test_composed_weights_run_one_models_defocusnet_and_the_others_depthnet(tmp_path):
-    """tools/compose_weights.py (how the shipped weights are made): the result predicts exactly what the two
+    """tools/compose_weights.py (how v2's weights were made): the result predicts exactly what the two
     parts give one after the other; a model without the two networks is a one-line error and writes nothing."""
     import subprocess
     import sys

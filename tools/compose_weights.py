@@ -2,11 +2,11 @@
 """Compose one gs-siamese weights file from two trained models: DefocusNet from one, DepthNet from the other.
 
     python tools/compose_weights.py --defocus-from runs/gs_siamese_nyu_reblur_ft/model.pt \\
-        --depth-from runs/gs_siamese_nyu_ft/model.pt --out gs_dfd/weights/gs_siamese_nyu.pt
+        --depth-from runs/gs_siamese_nyu_ft/model.pt --out runs/composed.pt
 
-The shipped checkpoint is made this way (README, "The shipped checkpoint"): DepthNet reads the CoC map only
-through the lens's normalised defocus, so a DefocusNet that reads blur better can be paired with a DepthNet
-whose near/far gate behaves better on real photographs. The result is written in float16, atomically, with
+v2, the weights shipped before v3, was made this way (README, "The shipped checkpoint"): DepthNet reads the CoC
+map only through the lens's normalised defocus, so a DefocusNet that reads blur better can be paired with a
+DepthNet whose near/far gate behaves better on other data. The result is written in float16, atomically, with
 both sources in its ``meta``; its predictions are those of the two parts run one after the other.
 """
 
