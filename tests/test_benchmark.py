@@ -138,6 +138,9 @@ def test_fine_tuned_run_follows_its_first_stage(bench, tmp_path):
     # Two caches of the same scene names (other focus distances) are two sets of fits.
     other = {**s2, "fit_cache": "f17"}
     assert bench.runs_seconds(s1, other) == 100.0 + 50.0 + 30.0 + 40.0
+    # Every committed config's fine-tuning set is built with every non-held-out d3net id (v1's too).
+    argv = bench.data_argv(cfg, bench.SETTINGS["full"], "train", Path("data_local/train_set_all"), owned=False)
+    assert "--all-d3net-ids" in argv
 
 
 def test_spread_and_expected_scenes(bench):
