@@ -41,6 +41,33 @@ def test_reblur_features_ignore_contrast():
     assert not torch.allclose(low, reblur_features(_edge_image(4.0, 0.2)), atol=0.05)
 
 
+def test_a_larger_reblur_sigma_separates_large_blurs_better():
+    """The slope of the log ratio in log sigma is -sigma0^2 / (sigma^2 + sigma0^2): at sigma 2.5 vs 3 px (CoC
+    about 9 vs 11 px) an 8 px re-blur must tell the two edges apart by more than a 2 px one does."""
+    at_edge = (0, slice(None), 32, 32)
+    sigmas = (2.0, 8.0)
+    a, b = (reblur_features(_edge_image(s), sigmas)[at_edge] for s in (2.5, 3.0))
+    assert a.shape == (4,)
+    gap = (a - b)[:2]  # the 11 px window's channels, one per re-blur sigma
+    assert gap[1] > 1.5 * gap[0] > 0, gap
+
+
+def test_reblur_sigmas_set_the_input_channels_and_round_trip():
+    torch.manual_seed(0)
+    cfg = DefocusNetConfig(defocus_widths=(4, 8, 8), reblur_features=True, reblur_sigmas_px=(1.0, 2.0, 4.0, 8.0))
+    model = SiameseDepthModel(cfg, DepthNetConfig(depth_widths=(4, 8, 8)))
+    image, lenses = torch.rand(1, 3, 48, 64), torch.tensor([[0.05, 8.0, 24e-6, 1.0]])
+    config = model.model_config()
+    config["defocus_net"]["reblur_sigmas_px"] = list(config["defocus_net"]["reblur_sigmas_px"])  # as from JSON
+    rebuilt = build_model(config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.model_config() == model.model_config()
+    assert torch.equal(rebuilt(image, lenses)["coc"], model(image, lenses)["coc"])
+    with pytest.raises(RuntimeError):  # the default three sigmas cannot take these weights
+        build_model({"defocus_net": {"defocus_widths": [4, 8, 8], "reblur_features": True},
+                     "depth_net": {"depth_widths": [4, 8, 8]}}).load_state_dict(model.state_dict())
+
+
 def test_lens_input_makes_the_coc_depend_on_the_lens_and_round_trips():
     torch.manual_seed(0)
     cfg = DefocusNetConfig(defocus_widths=(4, 8, 8), reblur_features=True, lens_input=True)

@@ -50,6 +50,8 @@ class ProbeConfig:
     """How many training scenes to measure the training error on (the first ones)."""
     reblur_features: bool = False
     """Give DefocusNet the re-blur gradient-ratio channels too (DefocusNetConfig.reblur_features)."""
+    reblur_sigmas_px: tuple[float, ...] = (1.0, 2.0, 4.0)
+    """The re-blur Gaussians' sigmas (DefocusNetConfig.reblur_sigmas_px), with --reblur-features."""
     lens_input: bool = False
     """Give DefocusNet the lens as input channels (DefocusNetConfig.lens_input)."""
     global_context: bool = False
@@ -84,7 +86,7 @@ def main(cfg: ProbeConfig) -> int:
     train = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.train_scenes])]
     heldout = [load_train_scene(p, None, supervised=True) for p in find_scenes([cfg.heldout_scenes])]
     net = DefocusNet(DefocusNetConfig(defocus_widths=tuple(cfg.widths), reblur_features=cfg.reblur_features,
-                                      lens_input=cfg.lens_input,
+                                      reblur_sigmas_px=tuple(cfg.reblur_sigmas_px), lens_input=cfg.lens_input,
                                       defocus_global_context=cfg.global_context))
     n_parameters = count_parameters(net)
     console.print(f"DefocusNet {cfg.widths}: {n_parameters} parameters; "
@@ -120,7 +122,8 @@ def main(cfg: ProbeConfig) -> int:
         loss.backward()
         opt.step()
         sched.step()
-    result = {"widths": list(cfg.widths), "reblur_features": cfg.reblur_features, "lens_input": cfg.lens_input,
+    result = {"widths": list(cfg.widths), "reblur_features": cfg.reblur_features,
+              "reblur_sigmas_px": list(cfg.reblur_sigmas_px), "lens_input": cfg.lens_input,
               "global_context": cfg.global_context,
               "parameters": n_parameters, "steps": cfg.steps, "train_s": time.perf_counter() - t0,
               "coc_err_px_train_frame0": median_coc_error_px(net, train[:cfg.eval_train_scenes]),

@@ -80,18 +80,21 @@ def _gaussian_blurs(x: Tensor, sigmas_px: tuple[float, ...]) -> Tensor:
 REBLUR_SIGMAS_PX = (1.0, 2.0, 4.0)
 
 
-def reblur_features(image: Tensor) -> Tensor:
-    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 6, H, W]``: log gradient-energy ratio of the image to re-blurred copies.
+def reblur_features(image: Tensor, sigmas_px: tuple[float, ...] = REBLUR_SIGMAS_PX) -> Tensor:
+    """``[B, 3, H, W]`` in [0, 1] -> ``[B, 2 * len(sigmas_px), H, W]``: log gradient-energy ratio of the image to
+    re-blurred copies.
 
     An edge blurred by a Gaussian of sigma and blurred again by sigma0 loses gradient
     by the ratio sqrt(sigma^2 + sigma0^2) / sigma (Zhuo & Sim, "Defocus map estimation
     from a single image", Pattern Recognition 2011): a ratio, so contrast cancels, and
-    with sigma0 = 1, 2, 4 px it is sensitive to small and to large blurs alike. Energies
-    are pooled over 11 and 21 px windows before the ratio.
+    with sigma0 = 1, 2, 4 px it is sensitive to small and to large blurs alike (its slope in
+    log sigma is -sigma0^2 / (sigma^2 + sigma0^2), so a larger sigma0 resolves larger blurs).
+    Energies are pooled over 11 and 21 px windows before the ratio.
     """
+    assert len(sigmas_px) > 0 and min(sigmas_px) > 0, sigmas_px
     assert image.dim() == 4 and image.shape[1] == 3, image.shape
     g = image.mean(1, keepdim=True)
-    energies = _grad_energy(torch.cat([g, _gaussian_blurs(g, REBLUR_SIGMAS_PX)], 1))
+    energies = _grad_energy(torch.cat([g, _gaussian_blurs(g, tuple(sigmas_px))], 1))
     feats = []
     for k in (11, 21):
         pooled = _box(energies, k) + 1e-7
@@ -124,6 +127,8 @@ class DefocusNetConfig:
     reblur_features: bool = False
     """Add six blur channels to the input: the gradient energy of the image over that of copies re-blurred by
     Gaussians of 1, 2 and 4 px, pooled over 11 and 21 px (contrast cancels in the ratio)."""
+    reblur_sigmas_px: tuple[float, ...] = REBLUR_SIGMAS_PX
+    """The re-blur Gaussians' sigmas (pixels), two channels each; larger ones resolve larger blurs."""
     lens_input: bool = False
     """Give the network the lens (log focus distance and log CoC scale K as constant channels), so where blur
     cannot be read (flat regions) it falls back to what is likely for this focus distance, not for all of them."""
@@ -136,7 +141,7 @@ class DefocusNet(nn.Module):
     def __init__(self, cfg: DefocusNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DefocusNetConfig()
-        in_channels = 3 + 6 + (6 if self.cfg.reblur_features else 0) + (2 if self.cfg.lens_input else 0)
+        in_channels = 3 + 6 + (2 * len(self.cfg.reblur_sigmas_px) if self.cfg.reblur_features else 0) + (2 if self.cfg.lens_input else 0)
         self.unet = UNet(in_channels, 1, self.cfg.defocus_widths,
                          global_context=self.cfg.defocus_global_context)
 
@@ -146,7 +151,7 @@ class DefocusNet(nn.Module):
         assert image.dim() == 4 and image.shape[1] == 3, image.shape
         inputs = [standardise(image), defocus_features(image)]
         if self.cfg.reblur_features:
-            inputs.append(reblur_features(image))
+            inputs.append(reblur_features(image, tuple(self.cfg.reblur_sigmas_px)))
         if self.cfg.lens_input:
             assert lenses is not None and lenses.shape == (image.shape[0], 4), "lens_input needs lenses [B, 4]"
             inputs.append(lens_channels(lenses, image.shape[-2:]))

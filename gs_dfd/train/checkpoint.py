@@ -59,8 +59,9 @@ def _section(model_config: dict, name: str, tuple_keys: tuple[str, ...]) -> dict
 def build_model(model_config: dict, method: str = "gs-siamese") -> torch.nn.Module:
     """The network of ``method`` from a checkpoint's ``model_config`` (gs-siamese and dered share one)."""
     if method in ("gs-siamese", "dered"):
-        return SiameseDepthModel(DefocusNetConfig(**_section(model_config, "defocus_net", ("defocus_widths",))),
-                                 DepthNetConfig(**_section(model_config, "depth_net", ("depth_widths",))))
+        return SiameseDepthModel(
+            DefocusNetConfig(**_section(model_config, "defocus_net", ("defocus_widths", "reblur_sigmas_px"))),
+            DepthNetConfig(**_section(model_config, "depth_net", ("depth_widths",))))
     if method == "d3net":
         return D3Net(D3NetConfig(**_section(model_config, "d3net", ("d3net_widths", "d3net_depth_range_m"))))
     if method == "mddnet":
