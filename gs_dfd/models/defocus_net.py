@@ -126,7 +126,7 @@ class DefocusNetConfig:
     """Output scale: the head predicts CoC / coc_unit_px, so a fresh network starts near a typical blur."""
     reblur_features: bool = False
     """Add blur channels to the input: the gradient energy of the image over that of copies re-blurred by
-    Gaussians of 1, 2 and 4 px, pooled over 11 and 21 px (contrast cancels in the ratio)."""
+    Gaussians (reblur_sigmas_px), pooled over 11 and 21 px (contrast cancels in the ratio): two channels a sigma."""
     reblur_sigmas_px: tuple[float, ...] = REBLUR_SIGMAS_PX
     """The re-blur Gaussians' sigmas (pixels), two channels each; larger ones resolve larger blurs."""
     lens_input: bool = False
