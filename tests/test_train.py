@@ -233,6 +233,16 @@ def test_bad_yaml_config_is_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_bad_reblur_sigmas_are_one_line_error(tmp_path, capsys):
+    """A re-blur of sigma 0 has no ratio to take: refused before any fitting or training."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scenes: [nowhere]\ndefocus_net:\n  reblur_features: true\n  reblur_sigmas_px: [1, 0]\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reblur-sigmas-px" in err and "c.yaml" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_ddp_two_cpu_processes(scenes, fit_cache, tmp_path):
     """torchrun with 2 gloo processes: each draws its own crops, gradients are averaged, rank 0 writes."""
     out = tmp_path / "ddp"

@@ -25,7 +25,7 @@ import torch
 from gs_dfd.cli import run_tool
 from gs_dfd.console import console
 from gs_dfd.errors import InputError
-from gs_dfd.models.defocus_net import DefocusNet, DefocusNetConfig
+from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetConfig
 from gs_dfd.models.lens_code import coc_px_from_depth
 from gs_dfd.models.unet import count_parameters
 from gs_dfd.train.data import TrainScene, find_scenes, load_train_scene
@@ -50,7 +50,7 @@ class ProbeConfig:
     """How many training scenes to measure the training error on (the first ones)."""
     reblur_features: bool = False
     """Give DefocusNet the re-blur gradient-ratio channels too (DefocusNetConfig.reblur_features)."""
-    reblur_sigmas_px: tuple[float, ...] = (1.0, 2.0, 4.0)
+    reblur_sigmas_px: tuple[float, ...] = REBLUR_SIGMAS_PX
     """The re-blur Gaussians' sigmas (DefocusNetConfig.reblur_sigmas_px), with --reblur-features."""
     lens_input: bool = False
     """Give DefocusNet the lens as input channels (DefocusNetConfig.lens_input)."""
@@ -80,6 +80,8 @@ def median_coc_error_px(net: DefocusNet, scenes: list[TrainScene]) -> float:
 def main(cfg: ProbeConfig) -> int:
     if cfg.steps < 1 or not cfg.widths:
         raise InputError(None, "need --steps >= 1 and at least one width", "--steps/--widths")
+    if not cfg.reblur_sigmas_px or min(cfg.reblur_sigmas_px) <= 0:
+        raise InputError(None, f"need one or more sigmas > 0 (got {cfg.reblur_sigmas_px})", "--reblur-sigmas-px")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -141,7 +141,8 @@ class DefocusNet(nn.Module):
     def __init__(self, cfg: DefocusNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DefocusNetConfig()
-        in_channels = 3 + 6 + (2 * len(self.cfg.reblur_sigmas_px) if self.cfg.reblur_features else 0) + (2 if self.cfg.lens_input else 0)
+        reblur_channels = 2 * len(self.cfg.reblur_sigmas_px) if self.cfg.reblur_features else 0
+        in_channels = 3 + 6 + reblur_channels + (2 if self.cfg.lens_input else 0)
         self.unet = UNet(in_channels, 1, self.cfg.defocus_widths,
                          global_context=self.cfg.defocus_global_context)
 

@@ -53,6 +53,9 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError(None, f"crop must be at least 32x32 pixels (got {cfg.crop_hw})", "--crop-hw")
     if not cfg.fit_sigma_per_coc > 0:
         raise InputError(cfg.config, f"must be > 0 (got {cfg.fit_sigma_per_coc})", "fit_sigma_per_coc")
+    sigmas = cfg.defocus_net.reblur_sigmas_px
+    if not sigmas or min(sigmas) <= 0:
+        raise InputError(cfg.config, f"need one or more sigmas > 0 (got {sigmas})", "--reblur-sigmas-px")
     if not cfg.lr > 0 or not 0 < cfg.lr_final_ratio <= 1:
         raise InputError(None, "need lr > 0 and 0 < lr_final_ratio <= 1", "--lr")
     if not cfg.scenes:
