@@ -111,3 +111,61 @@ def test_global_context_starts_as_identity_and_round_trips():
     rebuilt = build_model(model.model_config())
     assert rebuilt.defocus.cfg.defocus_global_context and rebuilt.depth.cfg.depth_global_context
     rebuilt.load_state_dict(model.state_dict())
+
+
+def _defocus_features_reference(image: torch.Tensor) -> torch.Tensor:
+    """The focus measures as first written: one box filter per quantity and window, Laplacian by convolution,
+    ``Tensor.std`` for the spread (the twin of the batched version in gs_dfd.models.defocus_net)."""
+    import torch.nn.functional as F
+
+    from gs_dfd.models.defocus_net import _box, _grad_energy
+
+    g = image.mean(1, keepdim=True)
+    lap = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"),
+                   g.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3))
+    feats = []
+    for k in (5, 11, 21):
+        mean = _box(g, k)
+        var = (_box(g * g, k) - mean * mean).clamp_min(0.0)
+        feats.append(torch.log((_box(lap * lap, k) + 1e-6) / (var + 1e-4)))
+        feats.append(torch.log((_box(_grad_energy(g), k) + 1e-6) / (var + 1e-4)))
+    return torch.cat(feats, 1) / 4.0
+
+
+def test_batched_focus_measures_and_standardise_match_their_plain_twins():
+    from gs_dfd.models.defocus_net import defocus_features, standardise
+
+    torch.manual_seed(3)
+    image = torch.rand(2, 3, 37, 53)
+    image[1, :, :, :20] = 0.5  # a flat region: the tiny energies the float64 running sums exist for
+    torch.testing.assert_close(defocus_features(image), _defocus_features_reference(image), atol=2e-5, rtol=1e-5)
+    want = (image - image.mean(dim=(2, 3), keepdim=True)) / (image.std(dim=(2, 3), keepdim=True) + 0.05)
+    torch.testing.assert_close(standardise(image), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gs-siamese", "d3net"])
+def test_channels_last_inference_gives_the_nchw_results(method):
+    """Predict runs the U-Nets channels-last (faster on CPU); training runs them NCHW: same weights, same output.
+    Odd sizes too, where the decoder pads to its skip connection."""
+    import copy
+
+    from gs_dfd.models.unet import UNet, use_channels_last
+
+    torch.manual_seed(4)
+    cfg = {"defocus_net": {"defocus_widths": (4, 8, 8), "reblur_features": True, "defocus_global_context": True},
+           "depth_net": {"depth_widths": (4, 8, 8), "depth_global_context": True}, "d3net": {"d3net_widths": (4, 8, 8)}}
+    model = build_model(cfg, method).eval()
+    fast = use_channels_last(copy.deepcopy(model))
+    assert all(m.channels_last for m in fast.modules() if isinstance(m, UNet))
+    assert not any(m.channels_last for m in model.modules() if isinstance(m, UNet))
+    image, lenses = torch.rand(1, 3, 45, 67), torch.tensor([[0.05, 8.0, 24e-6, 1.0]])
+    with torch.no_grad():
+        if method == "d3net":
+            want, got = model(image)["depth"], fast(image)["depth"]
+        else:
+            a, b = model(image, lenses), fast(image, lenses)
+            torch.testing.assert_close(b["coc"], a["coc"], atol=1e-4, rtol=1e-4)
+            want, got = a["depth"], b["depth"]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    if method == "gs-siamese":  # DepthNet's U-Net has two output channels: handed back in NCHW
+        assert fast.depth.unet(torch.rand(1, 6, 22, 33)).is_contiguous()

@@ -10,6 +10,7 @@ be otherwise idle: a second busy process on 2 cores makes this 3-10x slower.
 
 from __future__ import annotations
 
+import gc
 import platform
 import time
 from dataclasses import dataclass
@@ -36,23 +37,38 @@ class BenchPredictConfig:
     """Image height."""
     runs: int = 20
     """Timed runs (after 3 warm-up runs)."""
+    compare_layouts: bool = False
+    """Also time the same weights in training's NCHW layout, alternating call by call with predict's channels-last
+    layout in this process, and print the ratio (robust to the machine's drift between runs)."""
 
 
 def main(cfg: BenchPredictConfig) -> int:
     from gs_dfd.infer.predictor import Predictor
 
+    gc.collect()  # the full collection torch's imports have made due would otherwise land in the load (150 ms)
     t0 = time.perf_counter()
     predictor = Predictor(cfg.checkpoint)
     load_s = time.perf_counter() - t0
+    predictors = {"channels-last (predict)": predictor}
+    if cfg.compare_layouts:
+        predictors["NCHW (training's layout)"] = Predictor(cfg.checkpoint, channels_last=False)
     img = np.random.default_rng(0).random((cfg.height, cfg.width, 3)).astype(np.float32)
     lens = ThinLens(0.05, 8.0, 1.0, 12e-6 * 640 / cfg.width)
-    for _ in range(3):
-        predictor.predict(img, lens)
-    times = [predictor.predict(img, lens).model_seconds for _ in range(cfg.runs)]
+    for p in predictors.values():
+        for _ in range(3):
+            p.predict(img, lens)
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(cfg.runs):
+        for name, p in predictors.items():
+            times[name].append(p.predict(img, lens).model_seconds)
     console.print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads, {cfg.width}x{cfg.height}")
-    console.print(f"load (incl. import of the model code) {load_s * 1000:.0f} ms; model median {np.median(times) * 1000:.1f} ms "
-                  f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}) over {cfg.runs} runs")
+    console.print(f"load (incl. import of the model code) {load_s * 1000:.0f} ms")
+    first = np.median(times[next(iter(times))])
+    for name, ts in times.items():
+        ratio = f", {np.median(ts) / first:.3f}x the first" if len(times) > 1 else ""
+        console.print(f"{name}: model median {np.median(ts) * 1000:.1f} ms (min {min(ts) * 1000:.1f}, "
+                      f"max {max(ts) * 1000:.1f}) over {cfg.runs} runs{ratio}")
     return 0
 
 

@@ -25,6 +25,7 @@ import torch
 from gs_dfd.errors import InputError
 from gs_dfd.infer.pair import fuse_pair
 from gs_dfd.models.lens_code import coc_px_from_depth, lens_row
+from gs_dfd.models.unet import use_channels_last
 from gs_dfd.optics.thin_lens import ThinLens
 from gs_dfd.train.checkpoint import model_from_checkpoint
 
@@ -45,7 +46,9 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, checkpoint: Path | None = None) -> None:
+    def __init__(self, checkpoint: Path | None = None, channels_last: bool = True) -> None:
+        """``channels_last``: run the U-Nets in the NHWC layout, faster on CPU
+        (:func:`gs_dfd.models.unet.use_channels_last`); False keeps training's NCHW, for comparisons."""
         path = checkpoint or SHIPPED_WEIGHTS
         if checkpoint is None and not path.is_file():
             raise InputError(path, "the package ships no trained weights (train one with gs-dfd train and pass "
@@ -53,6 +56,8 @@ class Predictor:
         t0 = time.perf_counter()
         self.model: torch.nn.Module
         self.model, ck = model_from_checkpoint(path)
+        if channels_last:
+            use_channels_last(self.model)
         self.load_seconds = time.perf_counter() - t0
         self.path = path
         self.meta = ck.get("meta", {})
