@@ -76,6 +76,8 @@ def test_image_and_folder_forms(weights, tmp_path, capsys):
 @pytest.mark.parametrize("args, needle", [
     (["--image", "missing.png", "--camera", "nyu", "--focus-distance-m", "1"], "missing.png"),
     (["--image", "IMG"], "--camera"),
+    (["--image", "IMG", "--camera", "nyu", "--focus-distance-m", "0.01"], "--focus-distance-m"),
+    (["--image", "IMG", "--camera", "nyu", "--focus-distance-m", "1", "--f-number", "-2"], "--f-number"),
     (["--scene", "SCENE", "--frame", "7"], "--frame"),
     (["--scene", "SCENE", "--image", "IMG"], "exactly one"),
     (["--scene", "SCENE", "--checkpoint", "nope.pt"], "nope.pt"),

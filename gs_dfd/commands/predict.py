@@ -121,6 +121,11 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
     if cfg.camera is None or cfg.focus_distance_m is None:
         raise InputError(cfg.image, "--image needs --camera PRESET and --focus-distance-m D", "--camera")
     preset = get_preset(cfg.camera)
+    if not cfg.focus_distance_m > preset.focal_length_m:  # also NaN
+        raise InputError(None, f"must be greater than the {cfg.camera} camera's focal length "
+                               f"({preset.focal_length_m:g} m); got {cfg.focus_distance_m:g}", "--focus-distance-m")
+    if cfg.f_number is not None and not cfg.f_number > 0:
+        raise InputError(None, f"must be > 0; got {cfg.f_number:g}", "--f-number")
     if cfg.image.is_dir():
         files = sorted(p for p in cfg.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
