@@ -114,8 +114,8 @@ def test_global_context_starts_as_identity_and_round_trips():
 
 
 def _defocus_features_reference(image: torch.Tensor) -> torch.Tensor:
-    """The focus measures as first written: one box filter per quantity and window, Laplacian by convolution,
-    ``Tensor.std`` for the spread (the twin of the batched version in gs_dfd.models.defocus_net)."""
+    """The focus measures as first written: one box filter per quantity and window, Laplacian by convolution
+    (the twin of the batched version in gs_dfd.models.defocus_net)."""
     import torch.nn.functional as F
 
     from gs_dfd.models.defocus_net import _box, _grad_energy

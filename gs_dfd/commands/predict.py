@@ -26,7 +26,7 @@ from gs_dfd.data.scene import Camera, load_scene
 from gs_dfd.errors import InputError
 from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.optics.presets import PRESETS, get_preset
-from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.optics.thin_lens import LensError, ThinLens, check_lens
 from gs_dfd.utils.atomic import atomic_output_dir, save_npy_atomic, write_json_atomic
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
@@ -121,11 +121,11 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
     if cfg.camera is None or cfg.focus_distance_m is None:
         raise InputError(cfg.image, "--image needs --camera PRESET and --focus-distance-m D", "--camera")
     preset = get_preset(cfg.camera)
-    if not cfg.focus_distance_m > preset.focal_length_m:  # also NaN
-        raise InputError(None, f"must be greater than the {cfg.camera} camera's focal length "
-                               f"({preset.focal_length_m:g} m); got {cfg.focus_distance_m:g}", "--focus-distance-m")
-    if cfg.f_number is not None and not cfg.f_number > 0:
-        raise InputError(None, f"must be > 0; got {cfg.f_number:g}", "--f-number")
+    f_number = preset.f_number if cfg.f_number is None else cfg.f_number
+    try:  # the thin lens's own rules, checked once before any image is read, reported against the flags
+        check_lens(preset.focal_length_m, f_number, cfg.focus_distance_m)
+    except LensError as exc:
+        raise InputError(None, f"{exc} (--camera {cfg.camera})", "--focus-distance-m/--f-number") from None
     if cfg.image.is_dir():
         files = sorted(p for p in cfg.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -139,7 +139,7 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
         img = read_image(f, field="--image")
         h, w = img.shape[:2]
         camera = Camera(width=w, height=h, **preset.intrinsics(w, h), focal_length_m=preset.focal_length_m,
-                        f_number=cfg.f_number or preset.f_number, pixel_pitch_m=preset.pixel_pitch_at(w))
+                        f_number=f_number, pixel_pitch_m=preset.pixel_pitch_at(w))
         lens = ThinLens(camera.focal_length_m, camera.f_number, cfg.focus_distance_m, camera.pixel_pitch_m)
         inputs.append(_Input(name=f.stem if len(files) > 1 or cfg.image.is_dir() else "", image=img, camera=camera,
                              lens=lens, world_to_cam=np.eye(4), source=str(f)))
