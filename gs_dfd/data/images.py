@@ -11,6 +11,7 @@ from gs_dfd.errors import InputError
 from gs_dfd.utils.atomic import write_file_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_IMAGE_SIDE_PX = 8  # smaller images cannot hold a blur estimate; usually a broken export
 
 
 def _to_float(raw: np.ndarray, path: Path, field: str | None) -> np.ndarray:
@@ -46,11 +47,64 @@ def _read_png16_color(path: Path) -> np.ndarray:
     return arr.reshape(height, width, info["planes"])
 
 
-def _imread(path: Path) -> np.ndarray:
-    header = _png_header(path)
-    if header is not None and header[0] == 16 and header[1] in (2, 6):
-        return _read_png16_color(path)
-    return np.asarray(iio.imread(path, plugin="pillow"))
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _open(path: Path, field: str | None):
+    """Open an image lazily (header only); a decompression bomb or an unreadable file is a one-line error."""
+    from PIL import Image
+
+    if not path.is_file():
+        raise InputError(path, "is a folder, not an image file" if path.is_dir() else "image file not found", field)
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"image too large to decode safely ({_first_line(exc)})", field) from None
+    except Exception as exc:  # Pillow raises several types for files it does not recognise
+        raise InputError(path, f"cannot read image ({_first_line(exc)})", field) from None
+
+
+# Pillow modes kept as they are: numpy reads them as gray (+ alpha) / RGB(A) arrays of 1, 8, 16 or 32 bits.
+_KEEP_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "RGB", "RGBA"}
+
+
+def _pixels(img) -> np.ndarray:
+    """Pixels of a Pillow image as stored (no EXIF rotation); other colour models are converted to RGB.
+
+    Pillow decodes a CMYK or YCbCr JPEG, a LAB TIFF or a palette PNG in its own colour model;
+    numpy would see 4 CMYK channels, or palette indices, as if they were RGB.
+    """
+    mode = img.mode
+    if mode not in _KEEP_MODES:  # the alpha of PA / RGBa / a transparent palette is dropped later
+        img = img.convert("RGBA" if mode in ("PA", "RGBa") or "transparency" in img.info else "RGB")
+    raw = np.asarray(img)
+    if raw.dtype.byteorder not in ("=", "|"):  # 'I;16B': big-endian 16-bit gray
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    if mode == "I":  # 32-bit integer gray: a 16-bit gray PNG or TIFF as some Pillow versions open it
+        if raw.size and (raw.min() < 0 or raw.max() > 65535):
+            raise ValueError("32-bit integer pixels outside the 16-bit range")
+        raw = raw.astype(np.uint16)
+    return raw
+
+
+def _imread(path: Path, field: str | None = None) -> np.ndarray:
+    """Decode an image after checking its header: too small, too large or unreadable are one-line errors."""
+    img = _open(path, field)
+    with img:
+        width, height = img.size
+        if min(width, height) < MIN_IMAGE_SIDE_PX:
+            raise InputError(path, f"image is {width}x{height}: too small (need at least "
+                                   f"{MIN_IMAGE_SIDE_PX}x{MIN_IMAGE_SIDE_PX} pixels)", field)
+        try:
+            header = _png_header(path)
+            if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
+                return _read_png16_color(path)
+            img.seek(0)  # the first frame of an animation or a multi-page file
+            return _pixels(img)
+        except Exception as exc:  # truncated or corrupt data: Pillow and pypng raise many types
+            raise InputError(path, f"cannot read image ({_first_line(exc)})", field) from None
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
@@ -68,15 +122,12 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 def read_image(path: str | Path, field: str | None = None) -> np.ndarray:
     """Read an image as float32 ``[H, W, C]`` in [0, 1] with C = 1 (gray) or 3 (RGB).
 
-    An alpha channel is dropped (focal-stack frames are opaque photos).
+    An alpha channel is dropped (focal-stack frames are opaque photos); CMYK, YCbCr,
+    LAB and palette images are converted to RGB. Pixels stay as stored (no EXIF
+    rotation). Images under ``MIN_IMAGE_SIDE_PX`` on a side are refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "image file not found", field)
-    try:
-        raw = _imread(path)
-    except Exception as exc:  # imageio raises many types for corrupt files
-        raise InputError(path, f"cannot read image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})", field) from None
+    raw = _imread(path, field)
     if raw.ndim == 2:
         raw = raw[:, :, None]
     if raw.ndim != 3 or raw.shape[2] not in (1, 2, 3, 4):
@@ -89,9 +140,16 @@ def read_image(path: str | Path, field: str | None = None) -> np.ndarray:
 
 
 def image_size(path: str | Path, field: str | None = None) -> tuple[int, int]:
-    """(width, height) of an image, read from its data."""
-    img = read_image(path, field)
-    return img.shape[1], img.shape[0]
+    """(width, height) of an image, from its header only (nothing is decoded)."""
+    path = Path(path)
+    with _open(path, field) as img:
+        return img.size
+
+
+def image_megapixels(path: str | Path, field: str | None = None) -> float:
+    """Pixel count in millions, from the header only: lets a caller refuse a huge image before decoding it."""
+    width, height = image_size(path, field)
+    return width * height / 1e6
 
 
 def to_channels(img: np.ndarray, channels: int) -> np.ndarray:

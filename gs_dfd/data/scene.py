@@ -16,8 +16,10 @@ Units are metres; intrinsics are pixels of the stored images. A frame may
 override ``f_number`` and may carry ``world_to_cam`` (4x4 row-major; absent =
 identity). ``depth_gt`` is optional: ``.npy`` float32 metres (0 or non-finite
 = invalid) or a 16-bit PNG with ``depth_gt_scale`` (metres per unit).
-``all_in_focus`` is for evaluation only. Everything is validated on load and
-every problem names the file and the field.
+``all_in_focus`` is for evaluation only. File names are relative paths that
+must stay inside the scene folder (no absolute paths, no ``..`` or symlink
+leading out). Everything is validated on load and every problem names the
+file and the field.
 
 Fitting and self-supervised training read frames through :meth:`Scene.load_frames`
 only; ground truth is behind :meth:`Scene.load_depth_gt` and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gs_dfd.data.images import read_image, to_channels, write_png
+from gs_dfd.data.maps import load_npy
 from gs_dfd.errors import InputError
 from gs_dfd.optics.thin_lens import ThinLens
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
@@ -122,6 +126,10 @@ class Scene:
         channels = max(im.shape[2] for im in imgs)
         return np.stack([to_channels(im, channels) for im in imgs])
 
+    def load_frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` alone, float32 ``[H, W, C]``, its size checked against the camera."""
+        return self._read_sized(self.frames[i].image, f"frames[{i}].image")
+
     def load_depth_gt(self) -> np.ndarray | None:
         """Ground-truth depth, float32 ``[H, W]`` metres, 0 where invalid (evaluation only)."""
         if self.depth_gt is None:
@@ -135,8 +143,9 @@ class Scene:
         return self._read_sized(self.all_in_focus, "all_in_focus")
 
     def _read_sized(self, rel: str, field_name: str) -> np.ndarray:
-        img = read_image(self.root / rel, field=field_name)
-        _check_size(img.shape[1], img.shape[0], self.camera, self.json_path, field_name, self.root / rel)
+        path = scene_file(self.root, rel, field_name)
+        img = read_image(path, field=field_name)
+        _check_size(img.shape[1], img.shape[0], self.camera, self.json_path, field_name, path)
         return img
 
     def to_json(self) -> dict[str, Any]:
@@ -157,6 +166,15 @@ class Scene:
 # --------------------------------------------------------------------------- validation helpers
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """A JSON value for a one-line message: a 10 MB list must not become a 10 MB line."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _number(obj: dict, key: str, where: str, jpath: Path, *, positive: bool = False, integer: bool = False,
             required: bool = True) -> Any:
     name = f"{where}.{key}" if where else key
@@ -166,11 +184,15 @@ def _number(obj: dict, key: str, where: str, jpath: Path, *, positive: bool = Fa
         return None
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InputError(jpath, f"must be a number (got {json.dumps(v)})", name)
+        raise InputError(jpath, f"must be a number (got {_short(v)})", name)
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer with hundreds of digits
+        finite = False
+    if not finite:
+        raise InputError(jpath, f"must be finite (got {str(v)[:40]})", name)
     if integer and (not isinstance(v, int) and not float(v).is_integer()):
         raise InputError(jpath, f"must be an integer (got {v})", name)
-    if not math.isfinite(v):
-        raise InputError(jpath, f"must be finite (got {v})", name)
     if positive and v <= 0:
         raise InputError(jpath, f"must be > 0 (got {v})", name)
     return int(v) if integer else float(v)
@@ -198,9 +220,13 @@ def _parse_camera(raw: Any, jpath: Path) -> Camera:
 
 
 def _parse_world_to_cam(raw: Any, jpath: Path, name: str) -> np.ndarray:
+    rows = raw if isinstance(raw, list) else []
+    if not all(isinstance(r, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+               for r in rows) or not rows:  # numpy would also take strings ("1") and booleans
+        raise InputError(jpath, "must be a 4x4 array of numbers", name)
     try:
         m = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(jpath, "must be a 4x4 array of numbers", name) from None
     if m.shape != (4, 4) or not np.all(np.isfinite(m)):
         raise InputError(jpath, f"must be a finite 4x4 array (got shape {m.shape})", name)
@@ -212,13 +238,39 @@ def _parse_world_to_cam(raw: Any, jpath: Path, name: str) -> np.ndarray:
     return m
 
 
-def _parse_frame(raw: Any, i: int, camera: Camera, jpath: Path, warnings: list[str]) -> Frame:
+def scene_file(root: Path, rel: str, field_name: str) -> Path:
+    """``root / rel``, refused unless it resolves (``..`` and symlinks followed) to a path inside ``root``.
+
+    A scene.json is input from anyone: it must not make gs-dfd read, or quote in
+    its messages, files outside the scene (``/etc/passwd``, ``../../secret``).
+    Symlinks inside the scene that point inside it are fine.
+    """
+    root = Path(root)
+    jpath = root / SCENE_FILE
+    refused = InputError(jpath, f"must be a path inside the scene folder (got '{rel}')", field_name)
+    if "\0" in rel or os.path.isabs(rel):
+        raise refused
+    try:
+        real_root = Path(os.path.realpath(root))
+        target = Path(os.path.realpath(root / rel))
+    except (OSError, ValueError):
+        raise refused from None
+    if target == real_root or not target.is_relative_to(real_root):
+        raise refused
+    if target.is_dir():
+        raise InputError(jpath, f"must name a file, not a folder (got '{rel}')", field_name)
+    return root / rel
+
+
+def _parse_frame(raw: Any, i: int, camera: Camera, root: Path, warnings: list[str]) -> Frame:
     where = f"frames[{i}]"
+    jpath = root / SCENE_FILE
     if not isinstance(raw, dict):
         raise InputError(jpath, "must be an object", where)
     image = raw.get("image")
     if not isinstance(image, str) or not image:
         raise InputError(jpath, "missing or not a file name", f"{where}.image")
+    scene_file(root, image, f"{where}.image")
     s = _number(raw, "focus_distance_m", where, jpath, positive=True)
     if s <= camera.focal_length_m:
         raise InputError(
@@ -235,18 +287,21 @@ def _parse_frame(raw: Any, i: int, camera: Camera, jpath: Path, warnings: list[s
 
 
 def _load_depth_gt(root: Path, rel: str, scale: float | None, camera: Camera) -> np.ndarray:
-    path = root / rel
+    path = scene_file(root, rel, "depth_gt")
     jpath = root / SCENE_FILE
     if not path.is_file():
         raise InputError(path, "depth file not found", "depth_gt")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InputError(path, f"cannot read .npy ({type(exc).__name__})", "depth_gt") from None
-        if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
-            raise InputError(path, f"must hold numbers (got dtype {raw.dtype})", "depth_gt")
+        raw = load_npy(path, "depth_gt", what="depth")
+        # Integer units (millimetres, PNG-style counts) would silently be read as metres.
+        if raw.dtype == np.bool_:
+            raise InputError(path, "boolean depth .npy: store float32 metres", "depth_gt")
+        if np.issubdtype(raw.dtype, np.integer):
+            raise InputError(path, "integer depth .npy: store float32 metres, or a 16-bit PNG with depth_gt_scale",
+                             "depth_gt")
+        if not np.issubdtype(raw.dtype, np.floating):
+            raise InputError(path, f"must hold float32 metres (got dtype {raw.dtype})", "depth_gt")
         depth = raw.astype(np.float32)
     elif suffix == ".png":
         if scale is None:
@@ -255,7 +310,7 @@ def _load_depth_gt(root: Path, rel: str, scale: float | None, camera: Camera) ->
 
         try:
             raw = np.asarray(iio.imread(path, plugin="pillow"))
-        except Exception as exc:
+        except Exception as exc:  # corrupt, truncated or a decompression bomb: Pillow raises many types
             raise InputError(path, f"cannot read PNG ({type(exc).__name__})", "depth_gt") from None
         if raw.ndim != 2 or raw.dtype not in (np.uint16, np.uint8):
             raise InputError(path, f"must be a single-channel 16-bit PNG (got {raw.dtype}, shape {raw.shape})", "depth_gt")
@@ -277,6 +332,18 @@ def _load_depth_gt(root: Path, rel: str, scale: float | None, camera: Camera) ->
 # --------------------------------------------------------------------------- load / write
 
 
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; unreadable, non-UTF-8, malformed or absurdly nested content is a one-line error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read ({type(exc).__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than the stack
+        raise InputError(path, f"invalid JSON ({type(exc).__name__})") from None
+
+
 def load_scene(folder: str | Path, check_files: bool = True) -> Scene:
     """Parse and validate a scene folder.
 
@@ -289,17 +356,12 @@ def load_scene(folder: str | Path, check_files: bool = True) -> Scene:
         raise InputError(root, "scene folder not found")
     if not jpath.is_file():
         raise InputError(jpath, "scene.json not found")
-    try:
-        raw = json.loads(jpath.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(jpath, f"cannot read ({type(exc).__name__})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(jpath, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    raw = read_json(jpath)
     if not isinstance(raw, dict):
         raise InputError(jpath, "top level must be a JSON object")
     fmt = raw.get("format")
     if fmt != SCENE_FORMAT:
-        raise InputError(jpath, f"unknown format {json.dumps(fmt)} (expected \"{SCENE_FORMAT}\")", "format")
+        raise InputError(jpath, f"unknown format {_short(fmt)} (expected \"{SCENE_FORMAT}\")", "format")
     camera = _parse_camera(raw.get("camera"), jpath)
     frames_raw = raw.get("frames")
     if not isinstance(frames_raw, list):
@@ -307,12 +369,14 @@ def load_scene(folder: str | Path, check_files: bool = True) -> Scene:
     if not frames_raw:
         raise InputError(jpath, "frame list is empty", "frames")
     warnings: list[str] = []
-    frames = [_parse_frame(fr, i, camera, jpath, warnings) for i, fr in enumerate(frames_raw)]
+    frames = [_parse_frame(fr, i, camera, root, warnings) for i, fr in enumerate(frames_raw)]
     scale = _number(raw, "depth_gt_scale", "", jpath, positive=True, required=False)
     depth_gt, aif = raw.get("depth_gt"), raw.get("all_in_focus")
     for key, val in (("depth_gt", depth_gt), ("all_in_focus", aif)):
         if val is not None and (not isinstance(val, str) or not val):
             raise InputError(jpath, "must be a file name", key)
+        if val is not None:
+            scene_file(root, val, key)
     unknown = sorted(set(raw) - set(_TOP_FIELDS))
     if unknown:
         warnings.append(f"{jpath}: ignoring unknown field(s) {', '.join(unknown)}")

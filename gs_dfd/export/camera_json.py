@@ -16,12 +16,11 @@ depth map belongs to (the reference frame, frame 0), OpenCV axes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from gs_dfd.data.scene import Camera, _parse_camera, _parse_world_to_cam
+from gs_dfd.data.scene import Camera, _parse_camera, _parse_world_to_cam, _short, read_json
 from gs_dfd.errors import InputError
 from gs_dfd.utils.atomic import write_json_atomic
 
@@ -39,18 +38,15 @@ def write_camera_json(path: str | Path, camera: Camera, world_to_cam: np.ndarray
 def read_camera_json(path: str | Path) -> tuple[Camera, np.ndarray]:
     """(camera, world_to_cam ``[4, 4]``), validated with the scene format's rules; errors name file and field."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a camera.json file")
     if not path.is_file():
         raise InputError(path, "camera.json not found (written by gs-dfd fit and gs-dfd predict)")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read ({type(exc).__name__})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    raw = read_json(path)
     if not isinstance(raw, dict):
         raise InputError(path, "top level must be a JSON object")
     if raw.get("format") != CAMERA_FORMAT:
-        raise InputError(path, f"unknown format {json.dumps(raw.get('format'))} (expected \"{CAMERA_FORMAT}\")",
+        raise InputError(path, f"unknown format {_short(raw.get('format'))} (expected \"{CAMERA_FORMAT}\")",
                          "format")
     camera = _parse_camera(raw.get("camera"), path)
     if "world_to_cam" not in raw:

@@ -49,7 +49,8 @@ class DepthOutput:
 
 
 def _load_map(path: Path, camera: Camera, field: str, camera_path: Path) -> np.ndarray:
-    return load_map_npy(path, camera, field, camera_path)
+    """A float ``[H, W]`` map of the camera's size: fit and predict write float32, so integers are refused."""
+    return load_map_npy(path, camera, field, camera_path, what=field, float_only=True)
 
 
 def load_depth_output(root: str | Path, source: Literal["fit", "predict"],
@@ -76,7 +77,12 @@ def load_depth_output(root: str | Path, source: Literal["fit", "predict"],
     conf_path = root / "confidence.npy"
     confidence = None
     if conf_path.exists():
-        confidence = np.nan_to_num(_load_map(conf_path, camera, "confidence", camera_path), nan=0.0)
+        confidence = _load_map(conf_path, camera, "confidence", camera_path)
+        finite = np.isfinite(confidence)
+        outside = int((~np.isnan(confidence) & ~(finite & (confidence >= 0) & (confidence <= 1))).sum())
+        if outside:  # NaN is "no confidence" (0); anything else must be in [0, 1]
+            raise InputError(conf_path, f"confidence must be in [0, 1] ({outside} pixels are not)", "confidence")
+        confidence = np.nan_to_num(confidence, nan=0.0)
     elif need_confidence:
         raise InputError(conf_path, "not found, but --confidence-min needs it", "--confidence-min")
     return DepthOutput(root=root, camera=camera, world_to_cam=w2c, depth=depth, colors=to_channels(img, 3),

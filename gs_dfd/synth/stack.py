@@ -9,6 +9,7 @@ from typing import Sequence
 import imageio.v3 as iio
 import numpy as np
 
+from gs_dfd.data.maps import load_npy
 from gs_dfd.data.scene import Camera, Frame, Scene, write_scene
 from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import CameraPreset
@@ -80,7 +81,9 @@ def read_depth_input(path: Path, scale: float, kind: str = "depth",
     if not path.is_file():
         raise InputError(path, "depth file not found", field)
     try:
-        raw = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else np.asarray(iio.imread(path, plugin="pillow"))
+        raw = load_npy(path, field, "depth") if path.suffix.lower() == ".npy" else np.asarray(iio.imread(path, plugin="pillow"))
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(path, f"cannot read depth ({type(exc).__name__})", field) from None
     if raw.ndim == 3 and raw.shape[2] in (1, 3, 4) and np.all(raw[..., :1] == raw[..., : min(raw.shape[2], 3)]):

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gs_dfd.data.images import read_image
+from gs_dfd.data.maps import load_npy
 from gs_dfd.data.scene import Scene, load_scene
 from gs_dfd.errors import InputError
-from gs_dfd.data.images import read_image
 from gs_dfd.export.gaussian_ply import GaussianCloud, read_gaussian_ply
 from gs_dfd.models.lens_code import lens_row
 
@@ -84,8 +85,8 @@ def load_train_scene(scene_dir: Path, fit_dir: Path | None, supervised: bool = F
         fit_depth, confidence = np.zeros((h, w)), np.zeros((h, w))
     else:
         cloud = read_gaussian_ply(fit_dir / "gaussians.ply")
-        fit_depth = np.load(fit_dir / "depth.npy")
-        confidence = np.load(fit_dir / "confidence.npy")
+        fit_depth = load_npy(fit_dir / "depth.npy", "fit_cache", "depth")
+        confidence = load_npy(fit_dir / "confidence.npy", "fit_cache", "confidence")
         for arr, name in ((fit_depth, "depth.npy"), (confidence, "confidence.npy")):
             if arr.shape != (h, w):
                 raise InputError(fit_dir / name, f"is {arr.shape} but the scene is {h}x{w}: stale fit cache",
