@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,47 @@ def interrupt_fit(monkeypatch):
         monkeypatch.setattr(gaussian_fit, "photometric_loss", interrupting)
 
     return arm
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch's extension builder would use ($CXX, else c++), or g++; None when there is none."""
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
+def require_cpp_build(exc: BaseException | None) -> None:
+    """The one rule for a C++ backend that did not build (``exc``; None = it built): fail the test when a compiler
+    exists, so a broken toolchain or csrc/ turns CI red; skip, with the reason, only without a compiler or when
+    GS_DFD_ALLOW_NO_CPP=1 says the run knowingly goes without it. The product falls back to torch either way."""
+    if exc is None:
+        return
+    from gs_dfd.render.raster_cpu import describe_build_error
+
+    compiler = cxx_compiler()
+    if compiler is None:
+        pytest.skip(f"no C++ compiler ($CXX, c++, g++): the C++ renderer cannot be built ({describe_build_error(exc)})")
+    if os.environ.get("GS_DFD_ALLOW_NO_CPP") == "1":
+        pytest.skip(f"GS_DFD_ALLOW_NO_CPP=1: the C++ renderer did not build ({describe_build_error(exc)})")
+    pytest.fail(f"the C++ renderer did not build although a compiler exists ({compiler}); "
+                f"set GS_DFD_ALLOW_NO_CPP=1 to skip instead.\n{type(exc).__name__}: {exc}", pytrace=False)
+
+
+_CPP_BUILD: dict = {}  # "exc": the first build attempt's exception (None = built): one attempt per test session
+
+
+def cpp_extension():
+    """The compiled C++ backend (built on first use), or a failed/skipped test by :func:`require_cpp_build`."""
+    from gs_dfd.render import raster_cpu
+
+    if "exc" not in _CPP_BUILD:
+        try:
+            raster_cpu.load_extension()
+            _CPP_BUILD["exc"] = None
+        except Exception as exc:  # compiler error, missing headers, ...
+            _CPP_BUILD["exc"] = exc
+    require_cpp_build(_CPP_BUILD["exc"])
+    return raster_cpu.load_extension()
+
+
+@pytest.fixture(scope="module")
+def cpp_ext():
+    return cpp_extension()

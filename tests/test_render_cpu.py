@@ -3,22 +3,52 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import pytest
 import torch
 
+import conftest
 from gs_dfd.render import api, render_defocus
 from test_render_common import lens_for_max_coc, random_scene
 
 
 @pytest.fixture(scope="module")
-def ext():
+def ext(cpp_ext):
+    """Fails (not skips) when the extension does not build on a machine with a compiler: see conftest."""
+    return cpp_ext
+
+
+def test_cpp_backend_builds_when_a_compiler_exists():
+    """Red with the compiler's message when csrc/ or the toolchain is broken; skipped only without a compiler
+    (or with GS_DFD_ALLOW_NO_CPP=1)."""
+    assert conftest.cpp_extension() is not None
+
+
+class _Outcome(Exception):
+    pass
+
+
+@pytest.mark.parametrize("compiler, allow, expected", [
+    ("/usr/bin/c++", None, "failed"), (None, None, "skipped"), ("/usr/bin/c++", "1", "skipped")])
+def test_a_build_error_fails_the_tests_when_a_compiler_exists(monkeypatch, compiler, allow, expected):
+    """The rule itself, without compiling: the loader raises as torch does for a compiler error."""
     from gs_dfd.render import raster_cpu
-    try:
-        return raster_cpu.load_extension()
-    except Exception as exc:  # pragma: no cover - depends on the toolchain
-        pytest.skip(f"C++ extension unavailable: {exc}")
+
+    def broken(verbose=False):
+        raise RuntimeError("Error building extension 'x': [1/2] c++ -c raster_cpu.cpp\n"
+                           "raster_cpu.cpp:3:1: error: expected ';' before '}' token\nninja: build stopped")
+
+    monkeypatch.setattr(raster_cpu, "load_extension", broken)
+    monkeypatch.setattr(conftest, "_CPP_BUILD", {})
+    monkeypatch.setattr(conftest, "cxx_compiler", lambda: compiler)
+    if allow is None:
+        monkeypatch.delenv("GS_DFD_ALLOW_NO_CPP", raising=False)
+    else:
+        monkeypatch.setenv("GS_DFD_ALLOW_NO_CPP", allow)
+    outcome = {"failed": pytest.fail.Exception, "skipped": pytest.skip.Exception}[expected]
+    with pytest.raises(outcome) as info:
+        conftest.cpp_extension()
+    assert "expected ';' before '}' token" in str(info.value)
 
 
 def _run(backend, params, cam, lenses, override, return_coc=True, weights_seed=11):
@@ -101,21 +131,27 @@ def test_auto_picks_cpu_and_float64_inputs_work(ext):
     assert out.backend == "cpu" and out.rgb.dtype == torch.float64
 
 
-def test_falls_back_to_torch_with_a_warning(monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "cpu"])
+def test_falls_back_to_torch_with_one_warning_line(monkeypatch, capsys, backend):
+    """Users keep a working renderer: one line on stderr the first time, no traceback, nothing on later calls."""
     from gs_dfd.render import raster_cpu
 
     def broken(verbose=False):
-        raise RuntimeError("no compiler")
+        raise RuntimeError("Error building extension 'x': [1/2] c++ -MMD -c raster_cpu.cpp -o raster_cpu.o\n"
+                           "FAILED: raster_cpu.o\nraster_cpu.cpp:7:3: error: 'foo' was not declared in this scope\n"
+                           "ninja: build stopped: subcommand failed.")
 
     monkeypatch.setattr(raster_cpu, "load_extension", broken)
     monkeypatch.setattr(api, "_CPU_FAILED", None)
     means, quats, scales, opac, colors, cam = random_scene(20, seed=5)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = render_defocus(means, quats, scales, opac, colors, cam, [lens_for_max_coc(5.0)], backend="cpu")
-    assert out.backend == "torch"
-    assert any("falling back" in str(w.message) for w in caught)
-    monkeypatch.setattr(api, "_CPU_FAILED", None)
+    for _ in range(3):
+        out = render_defocus(means, quats, scales, opac, colors, cam, [lens_for_max_coc(5.0)], backend=backend)
+        assert out.backend == "torch"
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("warning: the C++ renderer could not be built (RuntimeError: Error building extension "
+                            "'x': raster_cpu.cpp:7:3: error: 'foo' was not declared in this scope); "
+                            "using the slower torch renderer\n")
 
 
 def test_fused_projection_matches_reference(ext):

@@ -126,11 +126,13 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             from gs_dfd.render import raster_cpu
             try:
                 raster_cpu.load_extension()
-            except Exception as exc:  # compiler missing, headers missing, ...
-                _CPU_FAILED = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # compiler missing, headers missing, a broken csrc/ ...
+                _CPU_FAILED = raster_cpu.describe_build_error(exc)
+                # Once per process, one line on stderr: the fallback keeps working, the user learns why it is slow.
+                from gs_dfd.console import console
+                console.warn(f"the C++ renderer could not be built ({_CPU_FAILED}); "
+                             f"using the slower torch renderer")
         if _CPU_FAILED is not None:
-            warnings.warn(f"gs_dfd.render: C++ CPU backend unavailable, falling back to the slow 'torch' backend "
-                          f"({_CPU_FAILED.splitlines()[0][:300]})", RuntimeWarning, stacklevel=3)
             return "torch"
     return backend
 

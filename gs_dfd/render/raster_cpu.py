@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import threading
 from typing import Any, Iterator
@@ -84,6 +85,15 @@ def load_extension(verbose: bool = False) -> Any:
                 _EXT = load(name=f"gs_dfd_raster_cpu_v2_{isa}_{where}", sources=[_SRC],
                             extra_cflags=CFLAGS + ISA_FLAGS[isa], extra_ldflags=["-fopenmp"], verbose=verbose)
     return _EXT
+
+
+def describe_build_error(exc: BaseException) -> str:
+    """One line for a failed build: torch's "Error building extension 'name'" (without the ninja log it appends
+    to that line) and the compiler's first line mentioning an error (or a missing compiler)."""
+    lines = f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__]
+    head = re.split(r": \[\d+/\d+\] ", lines[0], maxsplit=1)[0]  # "...extension 'x': [1/2] c++ ..." -> "...'x'"
+    first_error = next((ln.strip() for ln in lines[1:] if "error" in ln.lower() or "not found" in ln), "")
+    return (f"{head}: {first_error}" if first_error else head)[:300]
 
 
 class _RasterizeCPU(torch.autograd.Function):
