@@ -23,7 +23,7 @@ DEMO_OUT ?= out/demo
 # stack, fit defocus-aware 3D Gaussians to it (about 1.5 minutes on 2 cores),
 # show the depth next to the ground truth, and export it as a point cloud.
 demo: $(STAMP)
-	$(BIN)/gs-dfd check --scene $(DEMO_SCENE) --preview $(DEMO_OUT)/stack.png
+	$(BIN)/gs-dfd check --scene $(DEMO_SCENE) --preview $(DEMO_OUT)/stack.png --overwrite
 	$(BIN)/gs-dfd fit --scene $(DEMO_SCENE) --out $(DEMO_OUT)/fit --overwrite
 	$(BIN)/gs-dfd export --fit $(DEMO_OUT)/fit --out $(DEMO_OUT)/fit_points.ply --snapshot $(DEMO_OUT)/fit_points.png --overwrite
 	@echo

@@ -7,18 +7,19 @@ Subcommands are tyro dataclass configs; their documented fields are the
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 import os
 import re
 import sys
-from typing import Annotated, Callable, Union
-
-import tyro
+from typing import Callable
 
 from gs_dfd.console import console
-from gs_dfd.errors import GsDfdError, Interrupted
-from gs_dfd.optics.thin_lens import LensError
-from gs_dfd.utils.malloc import keep_freed_memory
+from gs_dfd.errors import GsDfdError, InputError, Interrupted, os_error_reason
+
+# Heavy modules (tyro, torch through the optics) are imported inside the functions: a Ctrl-C while they load
+# then ends in the one-line "interrupted" of :func:`entrypoint`, not in a traceback.
 
 
 # A single line break inside a paragraph, not before a list item ("- ", "* ", "1. ", "2) ").
@@ -43,10 +44,11 @@ def _join_wrapped_field_docs() -> None:
     _strings.remove_single_line_breaks = dedent_then_join
 
 
-_join_wrapped_field_docs()
-
-
 def _commands(argv: list[str] | None = None) -> tuple[object, dict[type, Callable[[object], int]]]:
+    from typing import Annotated, Union
+
+    import tyro
+
     from gs_dfd.commands import check, evaluate, export, fit, predict, synth, train
 
     # ``train --config FILE.yaml``: the file's values become the defaults that flags override.
@@ -83,35 +85,92 @@ def _configure_threads() -> None:
     torch.set_num_threads(n if n > 0 else max(1, min(os.cpu_count() or 1, 8)))
 
 
+def _os_error_line(exc: OSError) -> str:
+    """An OS error as the user can act on it: the path and what the system said (disk full, read-only, ...)."""
+    where = str(exc.filename) if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {os_error_reason(exc)}" if where else os_error_reason(exc)
+
+
+def _non_finite_flag(cfg: object, prefix: str = "--") -> str | None:
+    """The first float flag (nested configs too) given as nan or inf: no setting of gs-dfd means that."""
+    if not dataclasses.is_dataclass(cfg):
+        return None
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            found = _non_finite_flag(value, flag + ".")
+            if found:
+                return found
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return flag
+    return None
+
+
 def run_guarded(run: Callable[[object], int], cfg: object, debug: bool = False) -> int:
     """Run a command the way every gs_dfd entry point does: threads set, freed memory kept (glibc; see
-    :mod:`gs_dfd.utils.malloc`), one-line errors, exit codes
-    2 (bad input) and 130 (interrupted); ``debug`` re-raises instead."""
+    :mod:`gs_dfd.utils.malloc`), one-line errors, exit codes 2 (any failure) and 130 (interrupted);
+    ``debug`` re-raises instead. OS errors (disk full, read-only, a file where a folder should be) are
+    one line too; anything else is reported as an internal error, in one line, with a pointer to --debug."""
+    from gs_dfd.optics.thin_lens import LensError
+    from gs_dfd.utils.malloc import keep_freed_memory
+
     try:
+        bad = _non_finite_flag(getattr(cfg, "kind", cfg))
+        if bad:
+            raise InputError(None, "must be a finite number (got nan or inf)", bad)
         _configure_threads()
         keep_freed_memory()
         return run(cfg)
     except Interrupted as exc:
         console.error(str(exc))
         return 130
-    except (GsDfdError, LensError) as exc:
-        if debug:
-            raise
-        console.error(str(exc))
-        return 2
     except KeyboardInterrupt:
         if debug:
             raise
         console.error("interrupted")
         return 130
+    except (GsDfdError, LensError) as exc:
+        if debug:
+            raise
+        console.error(str(exc))
+        return 2
+    except OSError as exc:
+        if debug:
+            raise
+        console.error(_os_error_line(exc))
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        console.error("out of memory: use smaller images (or fewer at once)")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback is one flag away
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        console.error(f"internal error ({type(exc).__name__}: {first[:200]}); run again with --debug for the "
+                      f"traceback and please report it")
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    from gs_dfd.optics.thin_lens import LensError
+
+    _join_wrapped_field_docs()
     try:
         union, runners = _commands(argv)
     except (GsDfdError, LensError) as exc:  # a bad --config file
         console.error(str(exc))
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the modules load
+        console.error("interrupted")
+        return 130
     cfg = tyro.cli(union, args=argv, prog="gs-dfd", description="Depth from defocus with defocus-aware 3D Gaussian splatting.",
                    config=(tyro.conf.OmitArgPrefixes,))
     debug = bool(getattr(getattr(cfg, "kind", cfg), "debug", False))
@@ -120,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_tool(run: Callable[[object], int], config_type: type) -> None:
     """Entry point of a script in tools/: its tyro config, then :func:`run_guarded`."""
+    import tyro
+
     sys.exit(run_guarded(run, tyro.cli(config_type)))
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while tyro parses or between steps the guard does not cover
+        console.error("interrupted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,11 @@ class InputError(GsDfdError):
 
 class Interrupted(GsDfdError):
     """Ctrl-C during a long job, after its state was saved; the CLI exits 130."""
+
+
+def os_error_reason(exc: OSError) -> str:
+    """What the system said, for a one-line message: "No space left on device", "Read-only file system", ..."""
+    if exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

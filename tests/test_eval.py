@@ -274,13 +274,19 @@ def test_folder_wrong_size_prediction(folder, tmp_path, capsys):
 def test_overwrite(folder, tmp_path, capsys):
     scenes, preds, _ = folder
     out = tmp_path / "ev"
-    out.mkdir()
+    assert run_eval(capsys, "--scenes", scenes, "--predictions", preds, "--out", out)[0] == 0
     (out / "old.txt").write_text("old")
     code, _, err = run_eval(capsys, "--scenes", scenes, "--predictions", preds, "--out", out)
     assert_one_line_error(code, err, str(out), "--overwrite")
     assert (out / "old.txt").is_file()
     code, _, _ = run_eval(capsys, "--scenes", scenes, "--predictions", preds, "--out", out, "--overwrite")
-    assert code == 0 and (out / "report.md").is_file() and not (out / "old.txt").exists()
+    assert code == 0 and (out / "report.md").is_file() and not (out / "old.txt").exists()  # no stale file
+    mine = tmp_path / "mine"  # a folder gs-dfd did not write is never replaced
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    code, _, err = run_eval(capsys, "--scenes", scenes, "--predictions", preds, "--out", mine, "--overwrite")
+    assert_one_line_error(code, err, str(mine), "did not write")
+    assert (mine / "keep.txt").read_text() == "keep"
 
 
 # --------------------------------------------------------------------------- bad input

@@ -207,7 +207,8 @@ def test_frames_do_not_touch_ground_truth(tiny_scene):
 def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     import os
 
-    from gs_dfd.utils.atomic import atomic_output_dir, write_json_atomic
+    from gs_dfd.utils.atomic import write_json_atomic
+    from gs_dfd.utils.outputs import atomic_output_dir
 
     mask = os.umask(0o022)
     try:
@@ -222,11 +223,11 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
 
 def test_output_folder_refusals_leave_it_untouched(tmp_path):
     from gs_dfd.errors import GsDfdError
-    from gs_dfd.utils.atomic import atomic_output_dir
+    from gs_dfd.utils.outputs import MARKER_FILE, atomic_output_dir
 
     (tmp_path / "file").write_text("keep")
-    (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "old").write_text("keep")
+    with atomic_output_dir(tmp_path / "dir") as tmp:
+        (tmp / "old").write_text("keep")
     with pytest.raises(GsDfdError, match="is not a folder"):
         with atomic_output_dir(tmp_path / "file", overwrite=True):
             pass
@@ -239,4 +240,4 @@ def test_output_folder_refusals_leave_it_untouched(tmp_path):
             raise KeyboardInterrupt
     assert (tmp_path / "file").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]
-    assert [p.name for p in (tmp_path / "dir").iterdir()] == ["old"]
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == [MARKER_FILE, "old"]

@@ -75,15 +75,20 @@ def test_synth_refuses_focus_inside_focal_length(tmp_path, capsys):
     assert "--focus-distances" in capsys.readouterr().err
 
 
-def test_synth_existing_output_needs_overwrite(tmp_path, capsys):
+def test_synth_existing_output_needs_overwrite_and_only_replaces_its_own(tmp_path, capsys):
     out = tmp_path / "s"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
     args = ["synth", "procedural", "--out", str(out), "--width", "32", "--height", "24", "--no-progress"]
+    assert main(args) == 0
+    (out / "stale.txt").write_text("x")
     assert main(args) == 2
-    assert "exists" in capsys.readouterr().err and (out / "keep.txt").exists()
+    assert "exists" in capsys.readouterr().err and (out / "stale.txt").exists()
     assert main(args + ["--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and load_scene(out).camera.width == 32
+    assert not (out / "stale.txt").exists() and load_scene(out).camera.width == 32
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    assert main(["synth", "procedural", "--out", str(mine), "--width", "32", "--height", "24", "--overwrite"]) == 2
+    assert "did not write" in capsys.readouterr().err and (mine / "keep.txt").exists()
 
 
 def test_synth_procedural_count_and_seed(tmp_path):

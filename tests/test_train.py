@@ -20,6 +20,7 @@ from gs_dfd.train.checkpoint import model_from_checkpoint
 from gs_dfd.train.config import TrainConfig
 from gs_dfd.train.data import find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.loop import compute_losses
+from gs_dfd.utils.outputs import partial_dir
 from gs_dfd.utils.tb_events import read_scalars
 
 TINY = ["--steps", "4", "--batch-size", "2", "--crop-hw", "48", "64", "--fit-iterations", "20", "--no-progress",
@@ -101,11 +102,12 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(scenes, fit_cache, tmp_
     monkeypatch.setattr(loop, "sample_batch", interrupt_at_third_step)
     assert _train(scenes, fit_cache, tmp_path / "half", "--checkpoint-every", "100") == 130
     assert "--resume" in capsys.readouterr().err
-    assert torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (tmp_path / "half").exists()  # results appear whole or not at all; the partial run waits beside
+    assert torch.load(partial_dir(tmp_path / "half") / "checkpoint.pt", weights_only=True)["step"] == 2
     monkeypatch.undo()
     assert _train(scenes, fit_cache, tmp_path / "half", "--resume") == 0
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -137,17 +139,17 @@ def test_existing_run_needs_resume_or_overwrite(scenes, fit_cache, tmp_path, cap
 def test_init_weights_starts_from_another_runs_weights(scenes, fit_cache, tmp_path, capsys):
     """Fine-tuning: --init-weights loads the weights; a run without it starts from the seed's weights."""
     assert _train(scenes, fit_cache, tmp_path / "a", "--steps", "3", "--lr", "5e-3") == 0
-    source = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    source = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
     assert _train(scenes, fit_cache, tmp_path / "b", "--steps", "1", "--lr", "1e-9",
                   "--init-weights", str(tmp_path / "a" / "checkpoint.pt")) == 0
     assert _train(scenes, fit_cache, tmp_path / "c", "--steps", "1", "--lr", "1e-9") == 0
-    tuned = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
-    fresh = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["model"]
+    tuned = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    fresh = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["model"]
     gap_tuned = max(float((tuned[k] - source[k]).abs().max()) for k in source if source[k].is_floating_point())
     gap_fresh = max(float((fresh[k] - source[k]).abs().max()) for k in source if source[k].is_floating_point())
     assert gap_tuned < 1e-6 < 1e-4 < gap_fresh, (gap_tuned, gap_fresh)
     # A checkpoint written before a network setting existed holds that setting's default: still the same network.
-    old = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    old = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     del old["model_config"]["depth_net"]["max_log_correction"]
     torch.save(old, tmp_path / "old.pt")
     assert _train(scenes, fit_cache, tmp_path / "e", "--steps", "1", "--init-weights", str(tmp_path / "old.pt")) == 0
@@ -251,11 +253,11 @@ def test_ddp_two_cpu_processes(scenes, fit_cache, tmp_path):
            "train", "--scenes", str(scenes), "--out", str(out), "--fit-cache", str(fit_cache), *TINY]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["world_size"] == 2 and ck["step"] == 4
     single = tmp_path / "single"
     assert _train(scenes, fit_cache, single) == 0
-    one = torch.load(single / "checkpoint.pt", weights_only=False)
+    one = torch.load(single / "checkpoint.pt", weights_only=True)
     # Two processes see twice the crops: the result differs from one process (and is finite).
     key = next(iter(ck["model"]))
     assert torch.isfinite(ck["model"][key]).all() and not torch.equal(ck["model"][key], one["model"][key])

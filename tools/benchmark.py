@@ -66,7 +66,8 @@ import numpy as np
 from gs_dfd.cli import main as cli_main, run_guarded, run_tool
 from gs_dfd.console import console
 from gs_dfd.errors import GsDfdError, Interrupted
-from gs_dfd.utils.atomic import atomic_output_dir, check_output_dir, write_file_atomic, write_json_atomic
+from gs_dfd.utils.atomic import write_file_atomic, write_json_atomic
+from gs_dfd.utils.outputs import atomic_output_dir, check_output
 
 TOOLS_DIR = Path(__file__).resolve().parent
 
@@ -844,7 +845,7 @@ def main(cfg: BenchmarkConfig) -> int:
     if not 0 < cfg.min_depth < cfg.max_depth:
         raise GsDfdError(f"--min-depth/--max-depth: need 0 < near < far (got {cfg.min_depth}, {cfg.max_depth})")
     if not cfg.dry_run:
-        check_output_dir(cfg.out, cfg.overwrite)
+        check_output(cfg.out, kind="dir", overwrite=cfg.overwrite)
     setting = SETTINGS["smoke" if cfg.smoke else "small" if cfg.small else "full"]
     methods = [METHODS[k] for k in METHODS if k in cfg.methods]
     data_sets = [d for d in ("synthetic", "real") if d in cfg.data_sets]

@@ -25,7 +25,8 @@ from gs_dfd.data.images import image_size
 from gs_dfd.data.scene import Camera, Frame, Scene, load_scene
 from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import get_preset
-from gs_dfd.utils.atomic import atomic_output_dir, write_json_atomic
+from gs_dfd.utils.atomic import write_json_atomic
+from gs_dfd.utils.outputs import atomic_output_dir
 
 
 @dataclass

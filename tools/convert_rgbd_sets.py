@@ -31,7 +31,7 @@ from gs_dfd.data.images import crop_border, read_image, resize_image, resize_nea
 from gs_dfd.errors import GsDfdError
 from gs_dfd.optics.presets import get_preset
 from gs_dfd.synth.stack import StackSpec, read_depth_input, synthesize_scene
-from gs_dfd.utils.atomic import atomic_output_dir
+from gs_dfd.utils.outputs import atomic_output_dir
 
 # name -> (rgb, depth-or-disparity file, kind, units scale, crop left top right bottom)
 SOURCES = {

@@ -27,7 +27,7 @@ from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import get_preset
 from gs_dfd.synth.procedural import PROCEDURAL_KINDS, make_procedural_scene
 from gs_dfd.synth.stack import StackSpec, synthesize_scene
-from gs_dfd.utils.atomic import atomic_output_dir
+from gs_dfd.utils.outputs import atomic_output_dir
 
 import importlib.util
 import sys

@@ -11,6 +11,7 @@ import numpy as np
 from gs_dfd.console import console
 from gs_dfd.data.scene import Scene, load_scene
 from gs_dfd.errors import InputError
+from gs_dfd.utils.outputs import check_output, output_file
 from gs_dfd.viz.colormap import coc_to_rgb, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
@@ -29,6 +30,8 @@ class CheckConfig:
     """Depth range (near far, metres) for the CoC summary; default: the range of depth_gt, else 0.5 10."""
     preview: Optional[Path] = None
     """Also write a PNG contact sheet of the frames (plus depth and CoC maps when depth_gt exists)."""
+    overwrite: bool = False
+    """Replace --preview if it is an earlier gs-dfd picture (never anything else)."""
     debug: bool = False
     """Show full tracebacks instead of one-line errors."""
 
@@ -90,12 +93,24 @@ def write_preview(scene: Scene, path: Path) -> Path:
     return save_panel(path, tiles, titles, columns=n + 1, suptitle=f"{scene.root.name}: {n} frames")
 
 
+def _check_preview(cfg: CheckConfig) -> None:
+    if cfg.preview is None:
+        return
+    if cfg.preview.suffix.lower() != ".png":
+        raise InputError(cfg.preview, f"must be a .png file (got '{cfg.preview.suffix}')", "--preview")
+    check_output(cfg.preview, kind="file", inputs=[("--scene", cfg.scene)], overwrite=cfg.overwrite, flag="--preview")
+
+
 def run(cfg: CheckConfig) -> int:
+    _check_preview(cfg)
     scene = load_scene(cfg.scene)
     for w in scene.warnings:
         console.warn(w)
     console.print(summarize(scene, cfg))
     if cfg.preview is not None:
-        console.print(f"preview      {write_preview(scene, cfg.preview)}")
+        with output_file(cfg.preview, inputs=[("--scene", cfg.scene)], overwrite=cfg.overwrite,
+                         flag="--preview") as tmp:
+            write_preview(scene, tmp)
+        console.print(f"preview      {cfg.preview}")
     console.print("OK: scene is valid")
     return 0

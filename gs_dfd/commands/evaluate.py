@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import io
 import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ from gs_dfd.errors import GsDfdError, InputError
 from gs_dfd.eval.metrics import (
     DEPTH_METRIC_KEYS, abs_rel_map, depth_metrics, evaluation_mask, image_metrics, lpips_status, mean_depth_metrics,
 )
-from gs_dfd.utils.atomic import atomic_output_dir, check_output_dir, write_file_atomic, write_json_atomic
+from gs_dfd.utils.atomic import write_file_atomic, write_json_atomic
+from gs_dfd.utils.outputs import atomic_output_dir, check_output
 from gs_dfd.viz.colormap import colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
@@ -135,13 +137,13 @@ def _validate(cfg: EvalConfig) -> str:
         raise InputError(None, f"must be >= 0 (got {cfg.frame})", "--frame")
     if cfg.error_max is not None and not cfg.error_max > 0:
         raise InputError(None, f"must be > 0 (got {cfg.error_max})", "--error-max")
-    out = cfg.out.resolve()
-    for flag, path in (("--scene", cfg.scene), ("--depth", cfg.depth), ("--aif", cfg.aif), ("--scenes", cfg.scenes),
-                       ("--predictions", cfg.predictions)):
-        if path is not None and (path.resolve() == out or out in path.resolve().parents):
-            raise InputError(None, f"{cfg.out} holds the input {flag} {path}; choose another output folder", "--out")
-    check_output_dir(cfg.out, cfg.overwrite)
+    check_output(cfg.out, kind="dir", inputs=_inputs(cfg), overwrite=cfg.overwrite)
     return form
+
+
+def _inputs(cfg: EvalConfig) -> list[tuple[str, Path | None]]:
+    return [("--scene", cfg.scene), ("--depth", cfg.depth), ("--aif", cfg.aif), ("--scenes", cfg.scenes),
+            ("--predictions", cfg.predictions)]
 
 
 def load_prediction(path: Path, camera: Camera, scene_json: Path, field: str | None = None) -> np.ndarray:
@@ -336,9 +338,9 @@ def _metrics_header(cfg: EvalConfig, form: str, **inputs: str) -> dict[str, Any]
 
 def run_single(cfg: EvalConfig) -> int:
     assert cfg.scene is not None and cfg.depth is not None
-    r = _evaluate(cfg.scene.resolve().name, cfg.scene, cfg.depth, cfg, "--depth")
+    r = _evaluate(Path(os.path.abspath(cfg.scene)).name, cfg.scene, cfg.depth, cfg, "--depth")
     image = _image_block(cfg, r.scene) if cfg.aif is not None else None
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, _inputs(cfg), "eval") as tmp:
         metrics = {
             **_metrics_header(cfg, "single", scene=str(cfg.scene), prediction=str(cfg.depth)),
             "valid_px": r.metrics["valid_px"],
@@ -407,7 +409,7 @@ def run_folder(cfg: EvalConfig) -> int:
         r.pred = r.gt = np.empty(0)
         results.append(r)
     mean = mean_depth_metrics([r.metrics for r in results])
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, _inputs(cfg), "eval") as tmp:
         for r in console.progress(results, desc="panels", total=len(results), enabled=cfg.progress):
             r.scene, r.gt, r.pred = _load(r.scene.root, r.prediction, cfg, None, warn=False)
             write_panel(tmp / "panels" / f"{r.name}.png", r, cfg)

@@ -10,6 +10,8 @@ checked before anything is written; each file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -17,16 +19,25 @@ from typing import Literal, Optional
 import numpy as np
 
 from gs_dfd.console import console
-from gs_dfd.errors import GsDfdError, InputError
+from gs_dfd.errors import InputError
 from gs_dfd.export.camera_json import CAMERA_FILE, read_camera_json
 from gs_dfd.export.gaussian_ply import GaussianCloud, read_gaussian_ply, write_gaussian_ply
 from gs_dfd.export.points import (
     COLOR_FILE, POINT_CLOUD_SUFFIXES, DepthOutput, backproject, cam_to_world, estimate_normals_towards,
     load_depth_output, make_point_cloud, world_to_cam_points, write_point_cloud,
 )
+from gs_dfd.utils.outputs import check_output, output_file
 from gs_dfd.viz.colormap import depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 from gs_dfd.viz.snapshot import DEFAULT_VIEWS, render_views
+
+
+# Outlier removal compares each point with this many neighbours at most: more costs minutes and means nothing
+# more for a depth map's cloud.
+MAX_OUTLIER_NEIGHBORS = 256
+# Voxels per axis of the cloud's extent at most: open3d's voxel index overflows long before a voxel this small
+# stops merging anything.
+MAX_VOXELS_PER_AXIS = 1 << 20
 
 
 @dataclass(kw_only=True)
@@ -63,18 +74,19 @@ class ExportConfig:
     snapshot: Optional[Path] = None
     """Also draw the export (reference view, 30 degrees left/right, from above) next to the input, as a PNG."""
     overwrite: bool = False
-    """Replace existing output files."""
+    """Replace --out / --snapshot if they are earlier gs-dfd exports (never anything else)."""
     debug: bool = False
     """Show full tracebacks instead of one-line errors."""
 
 
-def _check_out(path: Path, flag: str, suffixes: tuple[str, ...], overwrite: bool) -> None:
+def _inputs(cfg: ExportConfig) -> list[tuple[str, Path | None]]:
+    return [("--fit", cfg.fit), ("--predict", cfg.predict)]
+
+
+def _check_out(cfg: ExportConfig, path: Path, flag: str, suffixes: tuple[str, ...]) -> None:
     if path.suffix.lower() not in suffixes:
         raise InputError(path, f"unsupported extension '{path.suffix}' (use {' or '.join(suffixes)})", flag)
-    if path.is_dir():
-        raise GsDfdError(f"{path}: exists and is a folder")
-    if path.exists() and not overwrite:
-        raise GsDfdError(f"{path}: output file exists (pass --overwrite to replace it)")
+    check_output(path, kind="file", inputs=_inputs(cfg), overwrite=cfg.overwrite, flag=flag)
 
 
 def _validate(cfg: ExportConfig) -> tuple[Path, Literal["fit", "predict"]]:
@@ -92,10 +104,10 @@ def _validate(cfg: ExportConfig) -> tuple[Path, Literal["fit", "predict"]]:
                 raise InputError(None, "applies to --kind points only", flag)
     elif cfg.opacity_min:
         raise InputError(None, "applies to --kind gaussians only", "--opacity-min")
-    _check_out(cfg.out, "--out", POINT_CLOUD_SUFFIXES if cfg.kind == "points" else (".ply",), cfg.overwrite)
+    _check_out(cfg, cfg.out, "--out", POINT_CLOUD_SUFFIXES if cfg.kind == "points" else (".ply",))
     if cfg.snapshot is not None:
-        _check_out(cfg.snapshot, "--snapshot", (".png",), cfg.overwrite)
-        if cfg.snapshot.resolve() == cfg.out.resolve():
+        _check_out(cfg, cfg.snapshot, "--snapshot", (".png",))
+        if os.path.realpath(cfg.snapshot) == os.path.realpath(cfg.out):
             raise InputError(cfg.snapshot, "must differ from --out", "--snapshot")
     if cfg.confidence_min is not None and not 0 <= cfg.confidence_min <= 1:
         raise InputError(None, f"must be in [0, 1] (got {cfg.confidence_min})", "--confidence-min")
@@ -105,8 +117,9 @@ def _validate(cfg: ExportConfig) -> tuple[Path, Literal["fit", "predict"]]:
     for flag, value in (("--voxel-size-m", cfg.voxel_size_m), ("--outlier-std-ratio", cfg.outlier_std_ratio)):
         if not (np.isfinite(value) and value >= 0):
             raise InputError(None, f"must be >= 0 (got {value})", flag)
-    if cfg.outlier_neighbors < 1:
-        raise InputError(None, f"must be >= 1 (got {cfg.outlier_neighbors})", "--outlier-neighbors")
+    if not 1 <= cfg.outlier_neighbors <= MAX_OUTLIER_NEIGHBORS:
+        raise InputError(None, f"must be in 1-{MAX_OUTLIER_NEIGHBORS} (got {cfg.outlier_neighbors})",
+                         "--outlier-neighbors")
     if not 0 <= cfg.opacity_min < 1:
         raise InputError(None, f"must be in [0, 1) (got {cfg.opacity_min})", "--opacity-min")
     return root, source
@@ -148,6 +161,10 @@ def _export_points(cfg: ExportConfig, data: DepthOutput) -> tuple[_Result, objec
     points = backproject(depth, cam, mask)  # [M, 3] camera frame
     pcd = make_point_cloud(points, data.colors[mask])
     if cfg.voxel_size_m > 0:
+        extent = float(np.ptp(points, axis=0).max()) if len(points) else 0.0
+        if extent / cfg.voxel_size_m > MAX_VOXELS_PER_AXIS:
+            raise InputError(None, f"{cfg.voxel_size_m:g} m is too small for a cloud {extent:.3g} m across (at least "
+                                   f"{extent / MAX_VOXELS_PER_AXIS:.3g} m; 0 turns merging off)", "--voxel-size-m")
         before = len(pcd.points)
         pcd = pcd.voxel_down_sample(cfg.voxel_size_m)
         counts.append(f"{_keep(len(pcd.points), before, '--voxel-size-m', 'point', data.depth_path)} voxels")
@@ -234,19 +251,24 @@ def run(cfg: ExportConfig) -> int:
     if cfg.kind == "points":
         assert data is not None
         result, pcd = _export_points(cfg, data)
-        write = lambda: write_point_cloud(cfg.out, pcd)  # noqa: E731
+        write = lambda path: write_point_cloud(path, pcd)  # noqa: E731
     else:
         result, cloud = _export_gaussians(cfg, root)
-        write = lambda: write_gaussian_ply(cfg.out, cloud)  # noqa: E731
+        write = lambda path: write_gaussian_ply(path, cloud)  # noqa: E731
     tiles = titles = None
     note = ""
     if cfg.snapshot is not None:
         assert data is not None
         tiles, titles, note = _snapshot_tiles(cfg, data, source, result)
-    write()
+    with contextlib.ExitStack() as stack:  # both files appear, or neither
+        tmp_out = stack.enter_context(output_file(cfg.out, inputs=_inputs(cfg), overwrite=cfg.overwrite))
+        write(tmp_out)
+        if tiles is not None and cfg.snapshot is not None:
+            tmp_snap = stack.enter_context(output_file(cfg.snapshot, inputs=_inputs(cfg), overwrite=cfg.overwrite,
+                                                       flag="--snapshot"))
+            name = f"{root.name}: gs-dfd export --kind {cfg.kind}{note}"
+            save_panel(tmp_snap, tiles, titles, columns=3, suptitle=name, tile_width_in=3.0)
     console.print(f"export ({cfg.kind}) of {root}: {result.detail} -> {cfg.out} ({_size(cfg.out)})")
     if tiles is not None and cfg.snapshot is not None:
-        name = f"{root.name}: gs-dfd export --kind {cfg.kind}{note}"
-        save_panel(cfg.snapshot, tiles, titles, columns=3, suptitle=name, tile_width_in=3.0)
         console.print(f"  snapshot {cfg.snapshot} ({_size(cfg.snapshot)})")
     return 0

@@ -6,14 +6,16 @@ see what the Gaussian fit adds. Outputs (the contract of DESIGN.md):
 ``depth.npy`` (float32 metres), ``depth.png``, ``aif.png``, ``confidence.npy``,
 ``coc/NNN.npy`` (+ PNG), ``renders/NNN.png``, ``gaussians.ply``,
 ``camera.json`` (the reference view's camera and pose, for ``gs-dfd export``),
-``metrics.json``, ``config.json`` and ``checkpoint.pt``; every file is
-written atomically.
+``metrics.json``, ``config.json`` and ``checkpoint.pt``. The folder follows the
+output rule of :mod:`gs_dfd.utils.outputs`: built beside ``--out`` and moved into
+place whole; Ctrl-C keeps the partial folder with its checkpoint for ``--resume``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from gs_dfd.fit.gaussian_fit import (
 from gs_dfd.optics.thin_lens import LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
 from gs_dfd.utils.fill import fill_nearest
+from gs_dfd.utils.outputs import OutputDir
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
@@ -53,8 +56,7 @@ class FitConfig:
     method: Literal["gs", "dff"] = "gs"
     """gs: defocus-aware 3D Gaussians; dff: classical depth from focus (modified-Laplacian argmax)."""
     iterations: int = 360
-    """Optimisation steps (gs). 360 fit a 320x240 5-frame stack in a median 80-103 s on 2 CPU cores; 300 scored 0.0752
-    AbsRel on the 21 held-out d3net stacks against 0.0734 (README)."""
+    """Optimisation steps (gs)."""
     stride: int = 2
     """One Gaussian per stride x stride pixel block (gs); 1 = one per pixel (slower, sharper)."""
     smooth_weight: float = 0.02
@@ -104,9 +106,10 @@ class FitConfig:
     checkpoint_every: int = 50
     """Save checkpoint.pt every this many steps (and on Ctrl-C)."""
     resume: bool = False
-    """Continue from OUT/checkpoint.pt (same scene and settings) up to --iterations."""
+    """Continue an interrupted fit (its checkpoint beside OUT) or a finished one (OUT/checkpoint.pt) up to
+    --iterations; settings that change the result must be the same."""
     overwrite: bool = False
-    """Allow writing into an existing, non-empty output folder when not resuming."""
+    """Replace OUT if it is an earlier gs-dfd output (never anything else)."""
     progress: bool = True
     """Show a progress bar."""
     debug: bool = False
@@ -130,35 +133,63 @@ def _focus_count(scene: Scene) -> int:
     return len({f.focus_distance_m for f in scene.frames})
 
 
+# Settings that may change between a run and its --resume: they do not change the result.
+_RESUME_FREE = ("iterations", "out", "resume", "overwrite", "progress", "debug", "checkpoint_every", "backend",
+                "evaluate", "eval_depth_range_m")
+
+
+def _output(cfg: FitConfig) -> OutputDir:
+    return OutputDir(cfg.out, command="fit", inputs=[("--scene", cfg.scene), ("--init-checkpoint", cfg.init_checkpoint)],
+                     overwrite=cfg.overwrite, resumable=True, resume=cfg.resume)
+
+
 def _validate(cfg: FitConfig) -> None:
     for name, value, low in (("--iterations", cfg.iterations, 1), ("--stride", cfg.stride, 1),
                              ("--checkpoint-every", cfg.checkpoint_every, 1), ("--dff-window-px", cfg.dff_window_px, 3)):
         if value < low:
             raise InputError(None, f"must be >= {low} (got {value})", name)
-    if not cfg.sigma_per_coc > 0:
-        raise InputError(None, f"must be > 0 (got {cfg.sigma_per_coc})", "--sigma-per-coc")
+    for name, value in (("--sigma-per-coc", cfg.sigma_per_coc), ("--lr-inv-depth", cfg.lr_inv_depth)):
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(None, f"must be a finite number > 0 (got {value})", name)
     for name, value in (("--smooth-weight", cfg.smooth_weight), ("--ssim-weight", cfg.ssim_weight),
                         ("--max-shift-px", cfg.max_shift_px)):
-        if not value >= 0:
-            raise InputError(None, f"must be >= 0 (got {value})", name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(None, f"must be a finite number >= 0 (got {value})", name)
+    if cfg.ssim_weight > 1:
+        raise InputError(None, f"must be in [0, 1] (got {cfg.ssim_weight})", "--ssim-weight")
     near, far = cfg.eval_depth_range_m
-    if not 0 < near < far:
+    if not (0 < near < far and math.isfinite(far)):
         raise InputError(None, f"need 0 < near < far (got {near}, {far})", "--eval-depth-range-m")
     if cfg.init_checkpoint is not None and cfg.init not in ("network", "auto"):
         raise InputError(None, "--init-checkpoint goes with --init network (or auto)", "--init-checkpoint")
-    if cfg.init_depth_m is not None and not cfg.init_depth_m > 0:
-        raise InputError(None, f"must be > 0 (got {cfg.init_depth_m})", "--init-depth-m")
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise GsDfdError(f"{cfg.out}: exists and is not a folder")
-    if cfg.resume and not (cfg.out / "checkpoint.pt").is_file():
-        raise InputError(cfg.out / "checkpoint.pt", "no checkpoint to resume from", "--resume")
-    if cfg.out.exists() and any(cfg.out.iterdir()) and not (cfg.resume or cfg.overwrite):
-        raise GsDfdError(f"{cfg.out}: output folder is not empty (pass --resume to continue or --overwrite)")
+    if cfg.init_checkpoint is not None and not cfg.init_checkpoint.is_file():
+        raise InputError(cfg.init_checkpoint, "checkpoint not found", "--init-checkpoint")
+    if cfg.init_depth_m is not None and not (math.isfinite(cfg.init_depth_m) and cfg.init_depth_m > 0):
+        raise InputError(None, f"must be a finite number > 0 (got {cfg.init_depth_m})", "--init-depth-m")
+    _output(cfg).check()
 
 
-def _save_config(cfg: FitConfig, extra: dict) -> None:
-    fields = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
-    write_json_atomic(cfg.out / "config.json", {"command": "fit", **fields, **extra})
+def _check_resume_config(cfg: FitConfig, work: Path) -> None:
+    """A resumed fit must continue the same problem: refuse changed settings, naming them."""
+    try:
+        saved = json.loads((work / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # the checkpoint's own settings are still compared when it is loaded
+    now = _config_fields(cfg)
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
+               if k not in _RESUME_FREE and k in saved and saved[k] != v]
+    if changed:
+        raise InputError(cfg.out, "settings differ from the run being resumed: " + ", ".join(changed)
+                         + " (resume with the same settings, or start afresh with --overwrite)", "--resume")
+
+
+def _config_fields(cfg: FitConfig) -> dict:
+    """The config as config.json stores it (JSON types: paths as strings, tuples as lists)."""
+    return json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}))
+
+
+def _save_config(cfg: FitConfig, out: Path, extra: dict) -> None:
+    write_json_atomic(out / "config.json", {"command": "fit", **_config_fields(cfg), **extra})
 
 
 def _depth_metrics(scene: Scene, depth: np.ndarray, cfg: FitConfig) -> dict | None:
@@ -169,9 +200,8 @@ def _depth_metrics(scene: Scene, depth: np.ndarray, cfg: FitConfig) -> dict | No
     return {"range_m": [near, far], **depth_metrics(depth, gt, near, far)}
 
 
-def _write_common(cfg: FitConfig, scene: Scene, depth: np.ndarray, aif: np.ndarray, confidence: np.ndarray,
+def _write_common(out: Path, scene: Scene, depth: np.ndarray, aif: np.ndarray, confidence: np.ndarray,
                   coc_maps: np.ndarray) -> None:
-    out = cfg.out
     save_npy_atomic(out / "depth.npy", depth.astype(np.float32))
     write_camera_json(out / "camera.json", scene.camera, scene.world_to_cam(0))  # the view depth.npy belongs to
     write_png(out / "depth.png", depth_to_rgb(depth))
@@ -188,7 +218,7 @@ def _thin_lens_coc_maps(scene: Scene, depth: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(scene.lens(i).coc_px(depth), np.float32) for i in range(len(scene.frames))])
 
 
-def _summary_panel(cfg: FitConfig, scene: Scene, frames: np.ndarray, depth: np.ndarray, aif: np.ndarray,
+def _summary_panel(cfg: FitConfig, out: Path, scene: Scene, frames: np.ndarray, depth: np.ndarray, aif: np.ndarray,
                    confidence: np.ndarray) -> None:
     """What a person wants to see first: input, all-in-focus, depth (and ground truth), confidence."""
     gt = scene.load_depth_gt() if cfg.evaluate else None
@@ -201,10 +231,10 @@ def _summary_panel(cfg: FitConfig, scene: Scene, frames: np.ndarray, depth: np.n
     if gt is not None:
         tiles.insert(3, depth_to_rgb(gt, lo, hi))
         titles.insert(3, "depth_gt")
-    save_panel(cfg.out / "summary.png", tiles, titles, columns=len(tiles), suptitle=f"{scene.root.name}: gs-dfd fit")
+    save_panel(out / "summary.png", tiles, titles, columns=len(tiles), suptitle=f"{scene.root.name}: gs-dfd fit")
 
 
-def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
+def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray, out: Path) -> dict:
     focus = np.array([f.focus_distance_m for f in scene.frames])
     if len(np.unique(focus)) < 2:
         raise InputError(scene.json_path, "--method dff needs frames with at least two distinct focus distances",
@@ -212,7 +242,7 @@ def run_dff(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     res = depth_from_focus(frames, focus, cfg.dff_window_px)
     sharpest = np.argmax(res.focus_measure, axis=0)
     aif = np.take_along_axis(frames, sharpest[None, :, :, None], 0)[0]
-    _write_common(cfg, scene, res.depth_m, aif, res.confidence, _thin_lens_coc_maps(scene, res.depth_m))
+    _write_common(out, scene, res.depth_m, aif, res.confidence, _thin_lens_coc_maps(scene, res.depth_m))
     return {"depth": res.depth_m, "aif": aif, "confidence": res.confidence}
 
 
@@ -229,7 +259,7 @@ def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> tuple[np
     if cfg.init == "auto" and cfg.init_checkpoint is None and not SHIPPED_WEIGHTS.is_file():
         console.warn("no shipped network weights: starting from a constant depth")
         return None, 0
-    predictor = Predictor(cfg.init_checkpoint)
+    predictor = Predictor(cfg.init_checkpoint, field="--init-checkpoint")
     # The most defocused frame (smallest f-number) carries the most depth signal.
     i = int(np.argmin([scene.f_number(k) for k in range(len(scene.frames))]))
     depth = predictor.predict(frames[i], scene.lens(i)).depth_m
@@ -238,21 +268,19 @@ def _network_prior(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> tuple[np
     return depth, i
 
 
-def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
+def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray, out: Path) -> dict:
     settings = cfg.settings(scene)
     prior_m, prior_frame = _network_prior(cfg, scene, frames)
     state = build_state(scene, frames, settings, depth_prior_m=prior_m, depth_prior_frame=prior_frame)
     if state.alignment.enabled:
         console.print("frame shifts against frame 0 (phase correlation, refined by the fit): " + ", ".join(
             f"{r['frame']}: ({r['shift_px'][0]:+.2f}, {r['shift_px'][1]:+.2f}) px" for r in state.alignment.report()))
-    ckpt = cfg.out / "checkpoint.pt"
-    if cfg.resume:
-        try:
-            load_checkpoint(ckpt, state)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise InputError(ckpt, f"does not match this scene and settings ({str(exc).splitlines()[0][:120]})",
-                             "--resume") from None
+    ckpt = out / "checkpoint.pt"
+    if cfg.resume and ckpt.is_file():
+        load_checkpoint(ckpt, state, settings)
         console.print(f"resuming from step {state.step} of {settings.iterations}")
+    elif cfg.resume:
+        console.print("the interrupted run saved no checkpoint yet: starting from step 0")
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -273,7 +301,7 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
         if bar is not None:
             bar.close()
         raise Interrupted(f"interrupted at step {state.step}: checkpoint saved to {ckpt}; "
-                          f"continue with --resume") from None
+                          f"continue with the same command and --resume") from None
     if bar is not None:
         bar.close()
     save_checkpoint(ckpt, state, settings)
@@ -291,14 +319,14 @@ def run_gs(cfg: FitConfig, scene: Scene, frames: np.ndarray) -> dict:
     confidence = depth_confidence(depth_sensitivity(state, scene, settings.backend), alpha)
     renders = blurred["rgb"].clamp(0, 1).numpy()
     for i in range(len(scene.frames)):
-        write_png(cfg.out / "renders" / f"{i:03d}.png", renders[i])
-    _write_common(cfg, scene, depth, aif, confidence, blurred["coc"][..., 0].numpy())
+        write_png(out / "renders" / f"{i:03d}.png", renders[i])
+    _write_common(out, scene, depth, aif, confidence, blurred["coc"][..., 0].numpy())
     g = state.model.world()
     cloud = GaussianCloud(means=g.means.detach().numpy(), quats=g.quats.detach().numpy(),
                           scales=g.scales.detach().numpy(), opacities=g.opacities.detach().numpy(),
                           colors=g.colors.detach().numpy()[:, :3] if g.colors.shape[1] >= 3
                           else np.repeat(g.colors.detach().numpy(), 3, axis=1))
-    write_gaussian_ply(cfg.out / "gaussians.ply", cloud)
+    write_gaussian_ply(out / "gaussians.ply", cloud)
     per_frame = [{"frame": i, **{k: v for k, v in image_metrics(renders[i], frames[i]).items()}}
                  for i in range(len(scene.frames))]
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
@@ -314,12 +342,33 @@ def run(cfg: FitConfig) -> int:
     scene = load_scene(cfg.scene, check_files=cfg.evaluate)  # --no-evaluate: ground-truth files untouched
     for w in scene.warnings:
         console.warn(w)
+    _check_stride(cfg, scene)
     frames = scene.load_frames()
-    cfg.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    _save_config(cfg, {"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    result = run_dff(cfg, scene, frames) if cfg.method == "dff" else run_gs(cfg, scene, frames)
-    seconds = time.perf_counter() - t0
+    with _output(cfg) as work:
+        if cfg.resume:
+            _check_resume_config(cfg, work.path)
+        _save_config(cfg, work.path, {"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        try:
+            result = (run_dff(cfg, scene, frames, work.path) if cfg.method == "dff"
+                      else run_gs(cfg, scene, frames, work.path))
+            seconds = time.perf_counter() - t0
+            metrics = _write_metrics(cfg, work.path, scene, frames, result, seconds)
+        except KeyboardInterrupt:  # outside the steps (they save a checkpoint themselves)
+            raise Interrupted(f"interrupted: the fit so far is kept in {work.path}; continue with the same command "
+                              f"and --resume") from None
+    _report(cfg, metrics, seconds)
+    return 0
+
+
+def _check_stride(cfg: FitConfig, scene: Scene) -> None:
+    gw, gh = scene.camera.width // cfg.stride, scene.camera.height // cfg.stride
+    if cfg.method == "gs" and min(gw, gh) < 4:
+        raise InputError(None, f"{cfg.stride} leaves a {gw}x{gh} grid of Gaussians on the {scene.camera.width}x"
+                               f"{scene.camera.height} frames (need at least 4x4)", "--stride")
+
+
+def _write_metrics(cfg: FitConfig, out: Path, scene: Scene, frames: np.ndarray, result: dict, seconds: float) -> dict:
     metrics = {
         "method": cfg.method,
         "scene": str(cfg.scene),
@@ -336,8 +385,12 @@ def run(cfg: FitConfig) -> int:
         "n_gaussians": result.get("n_gaussians"),
         "iterations": result.get("iterations"),
     }
-    write_json_atomic(cfg.out / "metrics.json", metrics)
-    _summary_panel(cfg, scene, frames, result["depth"], result["aif"], result["confidence"])
+    write_json_atomic(out / "metrics.json", metrics)
+    _summary_panel(cfg, out, scene, frames, result["depth"], result["aif"], result["confidence"])
+    return metrics
+
+
+def _report(cfg: FitConfig, metrics: dict, seconds: float) -> None:
     console.print(f"fit ({cfg.method}) of {cfg.scene} done in {seconds:.1f} s -> {cfg.out}")
     if metrics["mean_psnr"] is not None:
         console.print(f"  re-render PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f}")
@@ -345,7 +398,6 @@ def run(cfg: FitConfig) -> int:
         d = metrics["depth"]
         console.print(f"  depth vs depth_gt ({d['range_m'][0]}-{d['range_m'][1]} m): AbsRel {d['abs_rel']:.4f}, "
                       f"RMSE {d['rmse']:.4f} m, delta1 {d['delta1']:.4f}")
-    if result.get("lens") and result["lens"]["calibrated"]:
-        console.print("  lens: " + json.dumps(result["lens"]))
+    if metrics.get("lens") and metrics["lens"]["calibrated"]:
+        console.print("  lens: " + json.dumps(metrics["lens"]))
     console.print(f"  see {cfg.out / 'summary.png'}")
-    return 0

@@ -21,13 +21,14 @@ from typing import Literal, Optional
 import numpy as np
 
 from gs_dfd.console import console
-from gs_dfd.data.images import read_image, write_png
+from gs_dfd.data.images import image_megapixels, read_image, write_png
 from gs_dfd.data.scene import Camera, load_scene
 from gs_dfd.errors import InputError
 from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.optics.presets import PRESETS, get_preset
 from gs_dfd.optics.thin_lens import LensError, ThinLens, check_lens
-from gs_dfd.utils.atomic import atomic_output_dir, save_npy_atomic, write_json_atomic
+from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
+from gs_dfd.utils.outputs import OutputDir
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
 
@@ -65,8 +66,11 @@ class PredictConfig:
     """Monte-Carlo dropout passes per image for models trained with dropout (d3net; default 8): depth is their
     mean, uncertainty.npy their per-pixel std (metres); 1 = dropout off (std 0). Ignored, with a note, by
     methods without dropout."""
+    max_megapixels: float = 8.0
+    """Refuse --image photos larger than this (the networks take about half a GB of memory per megapixel);
+    downsize the photo first (the lens scale follows the width), or raise the limit."""
     overwrite: bool = False
-    """Replace the output folder if it exists."""
+    """Replace OUT if it is an earlier gs-dfd output (never anything else)."""
     progress: bool = True
     """Show a progress bar over the images of a folder."""
     debug: bool = False
@@ -91,11 +95,11 @@ def _scene_input(folder: Path, name: str, cfg: PredictConfig) -> _Input:
             raise InputError(scene.json_path, f"has {len(scene.frames)} frames; {flag} {k} is out of range", flag)
     if cfg.pair_frame == cfg.frame:
         raise InputError(None, "--pair-frame must differ from --frame", "--pair-frame")
-    img = read_image(scene.root / scene.frames[cfg.frame].image, field=f"frames[{cfg.frame}].image")
+    img = scene.load_frame(cfg.frame)
     pair = None
     if cfg.pair_frame is not None:
         k = cfg.pair_frame
-        pair = (read_image(scene.root / scene.frames[k].image, field=f"frames[{k}].image"), scene.lens(k))
+        pair = (scene.load_frame(k), scene.lens(k))
         if scene.world_to_cam(k).tolist() != scene.world_to_cam(cfg.frame).tolist():
             raise InputError(scene.json_path, "--pair-frame must share --frame's world_to_cam (one view)", "--pair-frame")
     source = f"{folder} frame {cfg.frame}" + (f" + frame {cfg.pair_frame}" if pair else "")
@@ -127,13 +131,24 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
     except LensError as exc:
         raise InputError(None, f"{exc} (--camera {cfg.camera})", "--focus-distance-m/--f-number") from None
     if cfg.image.is_dir():
-        files = sorted(p for p in cfg.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in cfg.image.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise InputError(cfg.image, "folder holds no .png/.jpg image", "--image")
+        stems: dict[str, Path] = {}
+        for f in files:  # each image writes OUT/<stem>/
+            if f.stem in stems:
+                raise InputError(f, f"has the same name as {stems[f.stem].name}: both would write "
+                                    f"{cfg.out / f.stem}; rename one", "--image")
+            stems[f.stem] = f
     elif cfg.image.is_file():
         files = [cfg.image]
     else:
         raise InputError(cfg.image, "image not found", "--image")
+    for f in files:  # every image's size, from its header, before any is decoded
+        mp = image_megapixels(f, field="--image")
+        if mp > cfg.max_megapixels:
+            raise InputError(f, f"is {mp:.1f} megapixels, over --max-megapixels {cfg.max_megapixels:g}: downsize it "
+                                f"or raise the limit", "--image")
     inputs = []
     for f in files:
         img = read_image(f, field="--image")
@@ -179,11 +194,20 @@ def _write(out: Path, item: _Input, pred, predictor, checkpoint_label: str) -> N
                         f"f/{item.lens.f_number:g}")
 
 
+def _output(cfg: PredictConfig) -> OutputDir:
+    return OutputDir(cfg.out, command="predict", overwrite=cfg.overwrite,
+                     inputs=[("--scene", cfg.scene), ("--image", cfg.image), ("--checkpoint", cfg.checkpoint)])
+
+
 def run(cfg: PredictConfig) -> int:
     from gs_dfd.infer.predictor import Predictor
 
     if cfg.mc_samples is not None and cfg.mc_samples < 1:
         raise InputError(None, f"must be >= 1 (got {cfg.mc_samples})", "--mc-samples")
+    if not (cfg.max_megapixels > 0 and np.isfinite(cfg.max_megapixels)):
+        raise InputError(None, f"must be a finite number > 0 (got {cfg.max_megapixels})", "--max-megapixels")
+    output = _output(cfg)
+    output.check()  # before any image is read or the model loaded
     inputs = _inputs(cfg)
     predictor = Predictor(cfg.checkpoint)
     label = str(cfg.checkpoint) if cfg.checkpoint else f"shipped:{predictor.path.name}"
@@ -192,7 +216,8 @@ def run(cfg: PredictConfig) -> int:
         console.print(f"note: --mc-samples ignored: a {predictor.method} model has no dropout (one pass per image)")
     times = []
     t0 = time.perf_counter()
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with output as work:
+        tmp = work.path
         for item in console.progress(inputs, "predict", enabled=cfg.progress and len(inputs) > 1):
             pred = (predictor.predict_pair((item.image, item.pair[0]), (item.lens, item.pair[1]), cfg.mc_samples)
                     if item.pair else predictor.predict(item.image, item.lens, cfg.mc_samples))

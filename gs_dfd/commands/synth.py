@@ -21,7 +21,8 @@ from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import get_preset
 from gs_dfd.synth.procedural import PROCEDURAL_KINDS, make_procedural_scene
 from gs_dfd.synth.stack import StackSpec, read_depth_input, synthesize_scene
-from gs_dfd.utils.atomic import atomic_output_dir, write_json_atomic
+from gs_dfd.utils.atomic import write_json_atomic
+from gs_dfd.utils.outputs import atomic_output_dir, check_output
 
 CameraName = Literal["nyu", "defocusnet", "d3net"]
 
@@ -143,6 +144,8 @@ def _target_size(w0: int, h0: int, width: int | None, height: int | None) -> tup
 
 def run_rgbd(cfg: SynthRgbdConfig) -> int:
     spec = cfg.spec()
+    inputs = [("--rgb", cfg.rgb), ("--depth", cfg.depth)]
+    check_output(cfg.out, kind="dir", inputs=inputs, overwrite=cfg.overwrite)
     aif = read_image(cfg.rgb, field="--rgb")
     depth = read_depth_input(cfg.depth, cfg.depth_scale, cfg.depth_kind, cfg.disparity_depth_range_m,
                              cfg.baseline_focal_m_px)
@@ -154,7 +157,7 @@ def run_rgbd(cfg: SynthRgbdConfig) -> int:
     width, height = _target_size(aif.shape[1], aif.shape[0], cfg.width, cfg.height)
     aif = to_channels(resize_image(aif, width, height), aif.shape[2])
     depth = resize_nearest(depth, width, height)
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, inputs, "synth rgbd") as tmp:
         scene = synthesize_scene(tmp, aif, depth, spec, progress=cfg.progress)
         _save_config(tmp, cfg)
     _report(cfg.out, scene, depth)
@@ -169,7 +172,7 @@ def run_procedural(cfg: SynthProceduralConfig) -> int:
         raise InputError(None, f"unknown kind {cfg.kind!r}; choose one of {', '.join(PROCEDURAL_KINDS)}", "--kind")
     if not 0 < cfg.min_depth_m < cfg.max_depth_m:
         raise InputError(None, f"need 0 < min < max (got {cfg.min_depth_m}, {cfg.max_depth_m})", "--min-depth-m")
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, command="synth procedural") as tmp:
         for k in console.progress(range(cfg.count), "scenes", enabled=cfg.progress and cfg.count > 1):
             seed = cfg.seed + k
             aif, depth = make_procedural_scene(cfg.kind, cfg.width, cfg.height, seed, cfg.min_depth_m, cfg.max_depth_m)

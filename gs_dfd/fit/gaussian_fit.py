@@ -39,6 +39,7 @@ import torch
 from scipy import ndimage
 
 from gs_dfd.data.scene import Scene
+from gs_dfd.errors import InputError
 from gs_dfd.fit.alignment import FrameAlignment, register_frames
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.exposure import FrameExposure
@@ -346,39 +347,117 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     return state.propagation
 
 
+CHECKPOINT_FORMAT = "gs_dfd.fit_checkpoint/1"
+# Settings that may differ on --resume: the step count (resume continues up to a new --iterations) and the
+# renderer, which changes speed and float rounding only.
+RESUME_FREE_SETTINGS = frozenset({"iterations", "backend"})
+
+
 def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) -> None:
+    """Tensors and plain values only, so that :func:`load_checkpoint` reads it with ``weights_only=True``."""
+    import dataclasses
+
+    from gs_dfd.train.checkpoint import to_plain
     from gs_dfd.utils.atomic import write_file_atomic
 
+    conf = state.init_confidence
     payload = {
-        "format": "gs_dfd.fit_checkpoint/1",
+        "format": CHECKPOINT_FORMAT,
         "model": state.model.state_dict(),
         "lens": state.lens.state_dict(),
         "exposure": state.exposure.state_dict(),
         "alignment": state.alignment.state_dict(),
         "optimizer": state.optimizer.state_dict(),
-        "grid_hw": state.grid_hw,
-        "step": state.step,
-        "history": state.history,
-        "init_confidence": state.init_confidence,
-        "propagation": state.propagation,
-        "settings": settings.__dict__,
+        "grid_hw": [int(v) for v in state.grid_hw],
+        "step": int(state.step),
+        "history": to_plain(state.history, "history"),
+        "init_confidence": None if conf is None else torch.from_numpy(np.ascontiguousarray(conf, np.float32)),
+        "propagation": to_plain(state.propagation, "propagation"),
+        "settings": to_plain(dataclasses.asdict(settings), "settings"),
         "torch_rng": torch.get_rng_state(),
     }
     write_file_atomic(path, lambda p: torch.save(payload, p))
 
 
-def load_checkpoint(path: Path, state: FitState) -> FitState:
-    """Restore a state built with the same scene and settings (shapes must match)."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    state.model.load_state_dict(payload["model"])
-    state.lens.load_state_dict(payload["lens"])
-    state.exposure.load_state_dict(payload["exposure"])
+def _setting_name(name: str) -> str:
+    """A setting as the user spells it: the ``gs-dfd fit`` flag where there is one of that name."""
+    import dataclasses
+
+    from gs_dfd.commands.fit import FitConfig
+
+    flags = {f.name for f in dataclasses.fields(FitConfig)}
+    if name in flags:
+        return "--" + name.replace("_", "-")
+    if name == "propagate_smoothness":
+        return "--propagate (propagate_smoothness)"
+    return name
+
+
+def _shown(value: object) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_resume_settings(payload_settings: dict, settings: GaussianFitSettings, path: Path | None = None,
+                          field: str = "--resume") -> None:
+    """Refuse to resume a fit under settings that change its result, naming each (as its flag) with both
+    values. ``iterations`` and ``backend`` may differ (:data:`RESUME_FREE_SETTINGS`); a setting the checkpoint
+    lacks (saved before it existed) counts as its default, which is what that fit ran with."""
+    defaults = GaussianFitSettings()
+    changed = []
+    for name, value in settings.__dict__.items():
+        if name in RESUME_FREE_SETTINGS:
+            continue
+        old = payload_settings.get(name, getattr(defaults, name, None))
+        if old != value:
+            changed.append(f"{_setting_name(name)} {_shown(old)} -> {_shown(value)}")
+    if changed:
+        raise InputError(path, "settings differ from the checkpoint's: " + ", ".join(changed)
+                         + " (resume with the same settings, or start afresh)", field)
+
+
+def load_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings | None = None,
+                    field: str = "--resume") -> FitState:
+    """Restore a state built with the same scene and settings (shapes must match), reading the file without
+    running code (``weights_only=True``). With ``settings``, refuse a checkpoint saved under settings that change
+    the result (:func:`check_resume_settings`). Every problem is one-line :class:`InputError`."""
+    from gs_dfd.train.checkpoint import require, require_state_dict, safe_load
+
+    payload = safe_load(path, field, "fit checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, f"not a gs_dfd fit checkpoint (expected format {CHECKPOINT_FORMAT})", "format")
+    what = "fit checkpoint"
+    modules = {key: require_state_dict(path, payload, key, what) for key in ("model", "lens", "exposure")}
     if "alignment" in payload:  # checkpoints from before frame alignment have none
-        state.alignment.load_state_dict(payload["alignment"])
-    state.propagation = payload.get("propagation")
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.step = int(payload["step"])
-    state.history = list(payload["history"])
-    state.init_confidence = payload["init_confidence"]
-    torch.set_rng_state(payload["torch_rng"])
+        modules["alignment"] = require_state_dict(path, payload, "alignment", what)
+    optimizer = require(path, payload, "optimizer", dict, what)
+    grid_hw = require(path, payload, "grid_hw", (list, tuple), what)
+    step = require(path, payload, "step", int, what)
+    history = require(path, payload, "history", list, what)
+    conf = require(path, payload, "init_confidence", torch.Tensor, what, optional=True)
+    propagation = require(path, payload, "propagation", dict, what, optional=True)
+    saved_settings = require(path, payload, "settings", dict, what)
+    rng = require(path, payload, "torch_rng", torch.Tensor, what)
+    if step < 0:
+        raise InputError(path, f"must be >= 0 (got {step})", "step")
+    if not all(isinstance(record, dict) for record in history):
+        raise InputError(path, "must be a list of per-step records (dicts)", "history")
+    if settings is not None:
+        check_resume_settings(saved_settings, settings, path, field)
+    if tuple(grid_hw) != tuple(state.grid_hw):
+        raise InputError(path, f"holds a {tuple(grid_hw)} grid of Gaussians, this scene and --stride make "
+                               f"{tuple(state.grid_hw)}", "grid_hw")
+    try:
+        for key, module in (("model", state.model), ("lens", state.lens), ("exposure", state.exposure),
+                            ("alignment", state.alignment)):
+            if key in modules:
+                module.load_state_dict(modules[key])
+        state.optimizer.load_state_dict(optimizer)
+        torch.set_rng_state(rng)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:120]
+        raise InputError(path, f"does not fit this scene and settings ({first})", field) from None
+    state.propagation = propagation
+    state.step = step
+    state.history = history
+    state.init_confidence = None if conf is None else conf.numpy().astype(np.float32)
     return state

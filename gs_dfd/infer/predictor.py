@@ -46,16 +46,17 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, checkpoint: Path | None = None, channels_last: bool = True) -> None:
+    def __init__(self, checkpoint: Path | None = None, channels_last: bool = True, field: str = "--checkpoint") -> None:
         """``channels_last``: run the U-Nets in the NHWC layout, faster on CPU
-        (:func:`gs_dfd.models.unet.use_channels_last`); False keeps training's NCHW, for comparisons."""
+        (:func:`gs_dfd.models.unet.use_channels_last`); False keeps training's NCHW, for comparisons. ``field``:
+        the flag that named the checkpoint, for error messages."""
         path = checkpoint or SHIPPED_WEIGHTS
         if checkpoint is None and not path.is_file():
             raise InputError(path, "the package ships no trained weights (train one with gs-dfd train and pass "
-                                   "--checkpoint RUN/model.pt)", "--checkpoint")
+                                   "--checkpoint RUN/model.pt)", field)
         t0 = time.perf_counter()
         self.model: torch.nn.Module
-        self.model, ck = model_from_checkpoint(path)
+        self.model, ck = model_from_checkpoint(path, field)
         if channels_last:
             use_channels_last(self.model)
         self.load_seconds = time.perf_counter() - t0

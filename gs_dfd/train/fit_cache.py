@@ -17,8 +17,10 @@ import json
 from pathlib import Path
 
 from gs_dfd.console import console
+from gs_dfd.errors import Interrupted
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.utils.atomic import write_json_atomic
+from gs_dfd.utils.outputs import partial_dir
 
 CACHE_FILES = ("gaussians.ply", "depth.npy", "confidence.npy", "config.json")
 STACK_FILE = "stack.json"
@@ -74,8 +76,13 @@ def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backe
         console.print(f"fitting {len(todo)} of {len(scene_dirs)} training scenes once ({iterations} steps each) "
                       f"into the cache {cache_root}")
     for scene in console.progress(todo, "fit cache", enabled=progress and bool(todo)):
-        run_fit(FitConfig(scene=scene, out=cache_dir_for(scene, cache_root), iterations=iterations, evaluate=False,
-                          backend=backend, overwrite=True, progress=False, propagate=propagate,
-                          sigma_per_coc=sigma_per_coc))
+        entry = cache_dir_for(scene, cache_root)
+        try:  # a fit that an earlier Ctrl-C interrupted continues from its checkpoint
+            run_fit(FitConfig(scene=scene, out=entry, iterations=iterations, evaluate=False, backend=backend,
+                              overwrite=True, resume=partial_dir(entry).is_dir(), progress=False,
+                              propagate=propagate, sigma_per_coc=sigma_per_coc))
+        except (KeyboardInterrupt, Interrupted):
+            raise Interrupted(f"interrupted while fitting training scene {scene.name} into the cache {cache_root}; "
+                              f"its checkpoint is kept: run the same command with --resume to continue") from None
         record_stack(scene, cache_root)
     return [cache_dir_for(s, cache_root) for s in scene_dirs]

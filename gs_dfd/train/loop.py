@@ -21,16 +21,20 @@ import torch
 import torch.distributed as dist
 
 from gs_dfd.console import console
+from gs_dfd.data.scene import load_scene
 from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.models.lens_code import coc_scale_px
 from gs_dfd.train import losses as L
-from gs_dfd.train.checkpoint import build_model, export_weights, load_checkpoint, new_model, save_checkpoint
+from gs_dfd.train.checkpoint import (
+    build_model, export_weights, load_checkpoint, new_model, resume_changes, save_checkpoint,
+)
 from gs_dfd.train.config import SIAMESE_METHODS, SUPERVISED_METHODS, TrainConfig
 from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.fit_cache import ensure_fits
 from gs_dfd.train.reblur import aif_crop, margin_for, reblur
 from gs_dfd.train.rerender import render_crop
 from gs_dfd.utils.atomic import write_json_atomic
+from gs_dfd.utils.outputs import OutputDir, check_not_input
 from gs_dfd.utils.tb_events import ScalarWriter
 
 
@@ -62,11 +66,33 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError(cfg.config, "no training scenes: give --scenes (or scenes: in the YAML)", "scenes")
     if cfg.init_weights is not None and not cfg.init_weights.is_file():
         raise InputError(cfg.init_weights, "weights not found", "--init-weights")
-    ckpt = cfg.out / "checkpoint.pt"
-    if cfg.resume and not ckpt.is_file():
-        raise InputError(ckpt, "nothing to resume (no checkpoint)", "--resume")
-    if not cfg.resume and not cfg.overwrite and ckpt.exists():
-        raise InputError(cfg.out, "run folder already has a checkpoint: pass --resume to continue or --overwrite", "--out")
+    output(cfg).check()
+    if cfg.fit_cache is not None:
+        check_not_input(cfg.fit_cache, _inputs(cfg), "--fit-cache")
+        check_not_input(cfg.fit_cache, [("--out", cfg.out)], "--fit-cache")
+
+
+def _inputs(cfg: TrainConfig) -> list[tuple[str, Path | None]]:
+    return [*(("--scenes", s) for s in cfg.scenes), ("--config", cfg.config), ("--init-weights", cfg.init_weights)]
+
+
+def output(cfg: TrainConfig) -> OutputDir:
+    """The run folder: built beside --out (checkpoints, logs, the default fit cache) and moved into place when
+    training ends; Ctrl-C keeps it for --resume."""
+    return OutputDir(cfg.out, command="train", inputs=_inputs(cfg), overwrite=cfg.overwrite, resumable=True,
+                     resume=cfg.resume)
+
+
+def _check_scenes(scene_dirs: list[Path], supervised: bool) -> None:
+    """Every training scene is read once before the first long step (a fit or a training step), so a broken one
+    stops the run at once; self-supervised runs read frames only, never ground truth."""
+    for scene_dir in scene_dirs:
+        scene = load_scene(scene_dir, check_files=False)
+        scene.load_frames()
+        if supervised:
+            if scene.depth_gt is None:
+                raise InputError(scene.json_path, "supervised training needs depth_gt", "depth_gt")
+            scene.load_depth_gt()
 
 
 def _check_same_network(ck: dict, cfg: TrainConfig, model_config: dict, path: Path, field: str) -> None:
@@ -81,7 +107,7 @@ def _check_same_network(ck: dict, cfg: TrainConfig, model_config: dict, path: Pa
 def _init_weights(cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The fine-tuning start (--init-weights), checked before any long fit-cache work; float16 model.pt
     weights are widened back to float32."""
-    if cfg.init_weights is None or cfg.resume:
+    if cfg.init_weights is None:
         return None
     ck = load_checkpoint(cfg.init_weights, "--init-weights")
     _check_same_network(ck, cfg, new_model(cfg).model_config(), cfg.init_weights, "--init-weights")
@@ -204,27 +230,48 @@ def train(cfg: TrainConfig) -> dict:
     validate(cfg)
     run = _Run()
     try:
-        return _train(cfg, run)
+        if not run.main:  # rank 0 owns the run folder; the others work in it
+            return _train(cfg, run, output(cfg).path)
+        with output(cfg) as work:
+            try:
+                return _train(cfg, run, work.path)
+            except KeyboardInterrupt:  # before or after the steps (they save a checkpoint themselves)
+                raise Interrupted(f"interrupted: the run so far is kept in {work.path}; continue with the same "
+                                  f"command and --resume") from None
     finally:
         run.close()
 
 
-def _train(cfg: TrainConfig, run: _Run) -> dict:
+def _check_resume(cfg: TrainConfig, resolved: dict, work: Path, world: int) -> None:
+    """A resumed run must continue the same training: refuse changed settings, naming them."""
+    try:
+        saved = json.loads((work / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    changed = resume_changes(saved, resolved)
+    if saved.get("world_size", world) != world:  # each rank draws its own crops: another count, another run
+        changed.append(f"processes {saved['world_size']} -> {world}")
+    if changed:
+        raise InputError(cfg.out, "settings differ from the run being resumed: " + ", ".join(changed)
+                         + " (resume with the same settings, or start afresh with --overwrite)", "--resume")
+
+
+def _train(cfg: TrainConfig, run: _Run, work: Path) -> dict:
+    """Train in ``work`` (the run folder being built)."""
     t_start = time.perf_counter()
     if cfg.method in SUPERVISED_METHODS and not cfg.supervised:
         cfg = dataclasses.replace(cfg, supervised=True)  # they learn from depth_gt (recorded in config.json)
     needs_fit = cfg.method in SIAMESE_METHODS  # the supervised baselines never fit the scenes
     init_state = _init_weights(cfg)
     scene_dirs = find_scenes(cfg.scenes)
-    cache = cfg.fit_cache or cfg.out / "fits"
+    if run.main:
+        _check_scenes(scene_dirs, cfg.supervised)
+    cache = cfg.fit_cache or work / "fits"
     resolved = _to_jsonable(cfg)
     if run.main:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume:  # --overwrite: a new run starts new logs
-            (cfg.out / "log.jsonl").unlink(missing_ok=True)
-            for old in (cfg.out / "tb").glob("events.out.tfevents.*"):
-                old.unlink()
-        write_json_atomic(cfg.out / "config.json", {"command": "train", **resolved, "world_size": run.world})
+        if cfg.resume:
+            _check_resume(cfg, resolved, work, run.world)
+        write_json_atomic(work / "config.json", {"command": "train", **resolved, "world_size": run.world})
         if needs_fit:
             ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress, cfg.fit_propagate,
                         cfg.fit_sigma_per_coc)
@@ -237,11 +284,12 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
     model = new_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, seconds_before = 0, 0.0
-    if init_state is not None:
+    ckpt_path = work / "checkpoint.pt"
+    if init_state is not None and not (cfg.resume and ckpt_path.is_file()):
         model.load_state_dict(init_state)
-    if cfg.resume:
-        ck = load_checkpoint(cfg.out / "checkpoint.pt", "--resume")
-        _check_same_network(ck, cfg, model.model_config(), cfg.out / "checkpoint.pt", "--resume")
+    if cfg.resume and ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path, "--resume")
+        _check_same_network(ck, cfg, model.model_config(), ckpt_path, "--resume")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         start, seconds_before = int(ck["step"]), float(ck.get("train_seconds", 0.0))
@@ -249,7 +297,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
             console.print(f"resuming from step {start} of {cfg.steps}")
     net = torch.nn.parallel.DistributedDataParallel(model) if run.distributed else model
 
-    writer = ScalarWriter(cfg.out / "tb") if run.main else None
+    writer = ScalarWriter(work / "tb") if run.main else None
     bar = None
     if run.main and cfg.progress:
         from tqdm.auto import tqdm
@@ -280,7 +328,7 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
                 values = run.mean({k: float(v.detach()) for k, v in terms.items()})
                 if run.main:
                     record = {"step": done, "lr": _lr(cfg, step), **values}
-                    with open(cfg.out / "log.jsonl", "a") as f:
+                    with open(work / "log.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     writer.scalars(done, {f"loss/{k}": v for k, v in values.items()} | {"lr": record["lr"]})
             if bar is not None:
@@ -288,23 +336,23 @@ def _train(cfg: TrainConfig, run: _Run) -> dict:
                 shown = {"render": terms["render"]} if "render" in terms else {}  # the supervised methods have none
                 bar.set_postfix(loss=f"{terms['total'].item():.4f}", **{k: f"{v.item():.4f}" for k, v in shown.items()})
             if run.main and done % cfg.checkpoint_every == 0:
-                save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, done, resolved, extra())
+                save_checkpoint(ckpt_path, model, optimizer, done, resolved, extra())
             step = done
     except KeyboardInterrupt:
         if run.main:
-            save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, step, resolved, extra())
+            save_checkpoint(ckpt_path, model, optimizer, step, resolved, extra())
             if bar is not None:
                 bar.close()
-        raise Interrupted(f"interrupted at step {step}: checkpoint saved to {cfg.out / 'checkpoint.pt'}; "
-                          f"continue with --resume") from None
+        raise Interrupted(f"interrupted at step {step}: checkpoint saved to {ckpt_path}; "
+                          f"continue with the same command and --resume") from None
     if bar is not None:
         bar.close()
     summary = {"steps": cfg.steps, **extra()}
     if run.main:
-        save_checkpoint(cfg.out / "checkpoint.pt", model, optimizer, cfg.steps, resolved, extra())
-        export_weights(cfg.out / "model.pt", model, {"method": cfg.method, "steps": cfg.steps, **extra(),
+        save_checkpoint(ckpt_path, model, optimizer, cfg.steps, resolved, extra())
+        export_weights(work / "model.pt", model, {"method": cfg.method, "steps": cfg.steps, **extra(),
                                                      "config": resolved})
-        write_json_atomic(cfg.out / "summary.json", summary)
+        write_json_atomic(work / "summary.json", summary)
         writer.close()
     run.barrier()
     return summary
