@@ -279,8 +279,8 @@ class OutputDir:
         check_output(self.out, kind="dir", inputs=self.inputs, overwrite=self.overwrite, flag=self.flag,
                      resume=self.resume, resumable=self.resumable)
         if self.resume and not self.can_resume():
-            raise InputError(self.out / self.resume_file, "nothing to resume (no interrupted run beside it and no "
-                                                          "finished run in it)", "--resume")
+            raise InputError(self.out / self.resume_file, "nothing to resume: no checkpoint (no interrupted run "
+                                                          "beside it, no finished run in it)", "--resume")
 
     def can_resume(self) -> bool:
         return self.path.is_dir() or (self.out / self.resume_file).is_file()
