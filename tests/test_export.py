@@ -36,8 +36,9 @@ def _pose(angle_deg: float = 20.0, t=(0.3, -0.1, 0.5)) -> np.ndarray:
     return m
 
 
-def make_output(root, kind="fit", world_to_cam=None, confidence=True, gaussians=True, seed=0):
-    """A folder as gs-dfd fit / predict leave it: a slanted plane with a nearer box, two holes (0 and NaN)."""
+def make_output(root, kind="fit", world_to_cam=None, confidence=True, gaussians=True, seed=0, complete=True):
+    """A folder as gs-dfd fit / predict leave it: a slanted plane with a nearer box, two holes (0 and NaN);
+    ``complete=False``: without the file a run writes last (metrics.json / prediction.json)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     cam = tiny_camera(W, H)
@@ -59,6 +60,8 @@ def make_output(root, kind="fit", world_to_cam=None, confidence=True, gaussians=
         write_gaussian_ply(root / "gaussians.ply", GaussianCloud(
             means=means, quats=q / np.linalg.norm(q, axis=1, keepdims=True), scales=rng.uniform(1e-3, 0.02, (n, 3)),
             opacities=rng.uniform(0.05, 0.95, n), colors=rng.uniform(0, 1, (n, 3))))
+    if complete:
+        (root / ("metrics.json" if kind == "fit" else "prediction.json")).write_text("{}")
     return root, cam, depth, colors
 
 
@@ -312,3 +315,12 @@ def test_export_help_documents_every_flag(capsys):
     for flag in ("--fit", "--predict", "--kind", "--confidence-min", "--depth-range-m", "--voxel-size-m",
                  "--remove-outliers", "--normals", "--snapshot", "--overwrite", "--opacity-min"):
         assert flag in text
+
+
+@pytest.mark.parametrize("kind", ["fit", "predict"])
+def test_an_unfinished_output_is_refused(tmp_path, capsys, kind):
+    root, *_ = make_output(tmp_path / kind, kind=kind, complete=False)
+    assert export(f"--{kind}", root, "--out", tmp_path / "cloud.ply") == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a finished gs-dfd" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "cloud.ply").exists()

@@ -282,9 +282,10 @@ def small_tmpfs(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["fit", "predict", "synth", "check", "export"])
-def test_a_real_full_disk_is_one_line_and_leaves_nothing(world, command, small_tmpfs, capsys):
+def test_a_real_full_disk_is_one_line_and_leaves_nothing(world, command, small_tmpfs, capfd):
+    """capfd: what native code prints to file descriptor 2 counts too."""
     name = "p.png" if command == "check" else "c.ply" if command == "export" else "out"
     (small_tmpfs / "ballast").write_bytes(b"\0" * (256 - 8) * 1024)  # 8 kB left: the run fails part-way
-    rc, err = _run(_argv(command, world, small_tmpfs / name), capsys)
-    _one_line_error(rc, err, str(small_tmpfs / name), "could not be written")
+    rc, err = _run(_argv(command, world, small_tmpfs / name), capfd)
+    _one_line_error(rc, err, str(small_tmpfs / name), "could not be written")  # one line: no RPly chatter
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["ballast"]

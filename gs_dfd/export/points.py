@@ -14,16 +14,21 @@ centre of the pixel it came from. Axes are OpenCV's (x right, y down, z forward)
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
 from gs_dfd.data.images import read_image, to_channels
 from gs_dfd.data.scene import Camera
 from gs_dfd.data.maps import load_map_npy
-from gs_dfd.errors import GsDfdError, InputError
+from gs_dfd.errors import InputError
 from gs_dfd.export.camera_json import CAMERA_FILE, read_camera_json
 from gs_dfd.utils.atomic import write_file_atomic
 
@@ -53,12 +58,25 @@ def _load_map(path: Path, camera: Camera, field: str, camera_path: Path) -> np.n
     return load_map_npy(path, camera, field, camera_path, what=field, float_only=True)
 
 
+# The file each command writes last: a folder without it is not a finished run (only folders from before outputs
+# were built whole can lack it).
+LAST_FILE = {"fit": "metrics.json", "predict": "prediction.json"}
+
+
+def check_complete(root: Path, source: Literal["fit", "predict"]) -> None:
+    """Refuse a fit / predict folder that a run did not finish (no final file)."""
+    if not (root / LAST_FILE[source]).is_file():
+        raise InputError(root, f"is not a finished gs-dfd {source} output (no {LAST_FILE[source]}): run gs-dfd "
+                               f"{source} again", f"--{source}")
+
+
 def load_depth_output(root: str | Path, source: Literal["fit", "predict"],
                       need_confidence: bool = False) -> DepthOutput:
     """Read and check ``depth.npy``, ``camera.json``, the colour image and (if present) ``confidence.npy``."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, f"{source} folder not found", f"--{source}")
+    check_complete(root, source)
     camera_path = root / CAMERA_FILE
     camera, w2c = read_camera_json(camera_path)
     depth = _load_map(root / "depth.npy", camera, "depth", camera_path)
@@ -132,12 +150,33 @@ def estimate_normals_towards(pcd, camera_centre: np.ndarray) -> None:
     pcd.orient_normals_towards_camera_location(np.asarray(camera_centre, np.float64))
 
 
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Collect what C/C++ code writes to file descriptor 2 (not Python's sys.stderr) inside the block; the list
+    holds its lines afterwards."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read(1 << 16).decode(errors="replace").splitlines())
+
+
 def write_point_cloud(path: str | Path, pcd) -> Path:
     """Binary PLY or PCD by the extension, atomically (the temp name keeps it: open3d picks the format from it)."""
     import open3d as o3d
 
     def _write(tmp: Path) -> None:
-        if not o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False, compressed=False, print_progress=False):
-            raise GsDfdError(f"{path}: open3d could not write the point cloud")
+        with native_stderr_captured() as said:  # RPly prints one line per failed value; one error line instead
+            ok = o3d.io.write_point_cloud(str(tmp), pcd, write_ascii=False, compressed=False, print_progress=False)
+        if not ok:
+            reason = said[0].strip() if said and said[0].strip() else "open3d could not write the point cloud"
+            raise OSError(errno.EIO, reason, str(path))
 
     return write_file_atomic(path, _write)
