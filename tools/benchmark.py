@@ -906,7 +906,7 @@ def main(cfg: BenchmarkConfig) -> int:
             runs[m]["training_seconds"] = runs_seconds(runs[f"{m} (stage 1)"], runs[m])
             runs[m]["includes_stage_1"] = plans[f"{m} (stage 1)"].run_dir.as_posix()
 
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, [("--src", cfg.src)], "benchmark") as tmp:
         rec.tmp, rec.out = tmp, cfg.out
         rows = []
         for d in data_sets:

@@ -78,7 +78,7 @@ def read_ids(src: Path) -> list[str]:
 
 def main(cfg: ConvertD3NetConfig) -> int:
     ids = list(cfg.ids) if cfg.ids else read_ids(cfg.src)
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, [("--src", cfg.src)], Path(__file__).stem) as tmp:
         for scene_id in console.progress(ids, "d3net scenes"):
             convert_one(cfg.src, scene_id, tmp / scene_id, cfg.focus_distance_m)
     console.print(f"wrote {len(ids)} scenes to {cfg.out}")

@@ -103,7 +103,7 @@ def main(cfg: ConvertRgbdConfig) -> int:
     names = list(cfg.only) + [f"d3net_rgbd_{i:03d}" for i in cfg.d3net_ids]
     if not names:
         raise GsDfdError("nothing to convert: give --only and/or --d3net-ids")
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, [("--src", cfg.src)], Path(__file__).stem) as tmp:
         for name in console.progress(names, "rgbd stacks"):
             convert_one(cfg.src, name, tmp / name, cfg)
     console.print(f"wrote {len(names)} scenes to {cfg.out}")

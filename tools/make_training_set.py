@@ -81,7 +81,7 @@ def main(cfg: TrainingSetConfig) -> int:
     spec = StackSpec.from_preset(get_preset("nyu"), cfg.focus_distances_m or None, noise_std=cfg.noise_std)
     jobs = [("d3net", i) for i in cfg.d3net_ids] + [(k, 100 + j) for k in cfg.procedural_kinds
                                                      for j in range(cfg.procedural_per_kind)]
-    with atomic_output_dir(cfg.out, cfg.overwrite) as tmp:
+    with atomic_output_dir(cfg.out, cfg.overwrite, [("--src", cfg.src)], Path(__file__).stem) as tmp:
         for kind, n in console.progress(jobs, "training scenes"):
             if kind == "d3net":
                 convert_rgbd_sets.convert_one(cfg.src, f"d3net_rgbd_{n:03d}", tmp / f"d3net_rgbd_{n:03d}", convert_cfg)
