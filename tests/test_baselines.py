@@ -14,8 +14,9 @@ import torch
 
 from conftest import strip_ground_truth
 from gs_dfd.cli import main
-from gs_dfd.train.checkpoint import model_from_checkpoint, new_model
-from gs_dfd.train.config import SUPERVISED_METHODS, TrainConfig, load_yaml_defaults
+from gs_dfd.models.checkpoint_io import model_from_checkpoint
+from gs_dfd.models.registry import get_method, method_names, new_model
+from gs_dfd.train.config import TrainConfig, load_yaml_defaults
 from gs_dfd.train.data import find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.loop import compute_losses
 from gs_dfd.train.reblur import margin_for, reblur, reblur_reference, sigma_levels
@@ -67,10 +68,10 @@ def test_each_method_lowers_its_training_loss(method, runs, scenes):
     before = new_model(cfg)
     after, ck = model_from_checkpoint(run / "checkpoint.pt")
     assert ck["method"] == method and type(after) is type(before)
-    supervised = method in SUPERVISED_METHODS
+    spec = get_method(method)
     fits = run.parent / "fits"
-    train_scenes = [load_train_scene(d, None if supervised else fits / d.name, supervised=supervised,
-                                     fit_aif=method == "dered") for d in find_scenes([scenes])]
+    train_scenes = [load_train_scene(d, fits / d.name if spec.needs_fit else None, supervised=spec.supervised,
+                                     fit_aif=spec.fit_aif) for d in find_scenes([scenes])]
     losses = []
     for model in (before, after):
         model.eval()
@@ -80,8 +81,8 @@ def test_each_method_lowers_its_training_loss(method, runs, scenes):
                                    for k in range(4)]))
     assert losses[1] < 0.8 * losses[0], losses
     resolved = json.loads((run / "config.json").read_text())
-    assert resolved["method"] == method and resolved["supervised"] == supervised
-    if supervised:  # the baselines never fit a scene: no fit cache of their own
+    assert resolved["method"] == method and resolved["supervised"] == spec.supervised
+    if spec.supervised:  # the baselines never fit a scene: no fit cache of their own
         assert not (run / "fits").exists()
         assert set(json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()) >= {5, 30}
 
@@ -168,7 +169,7 @@ def test_supervised_baselines_run_no_gaussian_fit(scenes, tmp_path, monkeypatch)
         raise AssertionError("a supervised baseline ran the per-scene fits")
 
     monkeypatch.setattr(loop, "ensure_fits", no_fit)
-    for method in SUPERVISED_METHODS:
+    for method in method_names(supervised=True):
         assert main(["train", "--method", method, "--scenes", str(scenes), "--out", str(tmp_path / method),
                      "--fit-cache", str(tmp_path / "fits"), "--steps", "2", *TINY]) == 0
     assert not (tmp_path / "fits").exists()

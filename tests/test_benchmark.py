@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gs_dfd.errors import GsDfdError
+from gs_dfd.models.registry import get_method, method_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,10 +107,18 @@ def test_expected_config_of_the_committed_configs(bench, tmp_path):
         assert plan.decision.action == "train"
         assert plan.run_dir.parent == tmp_path / "runs" / "bench_small"
         assert plan.expected["steps"] == 150 and plan.expected["scenes"] == [str(tmp_path / "train_set")]
-        if method in bench.SUPERVISED:
+        if get_method(method).supervised:
             assert plan.expected["supervised"] is True and "--fit-cache" not in plan.flags
         else:  # never the full runs' fit cache
             assert plan.expected["fit_cache"] == str(tmp_path / "runs" / "bench_small" / "fits")
+
+
+def test_benchmark_trains_every_registered_method(bench):
+    """Its networks are the registry's methods, each with a committed config of that method."""
+    assert set(bench.TRAIN_RUNS) == set(method_names())
+    assert {m.train_method for m in bench.METHODS.values() if m.kind == "net"} == set(method_names())
+    for method, (config, _) in {**bench.TRAIN_RUNS, **bench.PRETRAIN_RUNS}.items():
+        assert (REPO / "configs" / config).is_file(), config
 
 
 def test_fine_tuned_run_follows_its_first_stage(bench, tmp_path):

@@ -7,7 +7,8 @@ import torch
 
 from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetConfig, _gaussian_blurs, reblur_features
 from gs_dfd.models.depth_net import DepthNetConfig
-from gs_dfd.train.checkpoint import SiameseDepthModel, build_model
+from gs_dfd.models.registry import build_model
+from gs_dfd.models.siamese import SiameseDepthModel
 
 
 def _edge_image(sigma_px: float, contrast: float = 0.8) -> torch.Tensor:
@@ -169,3 +170,60 @@ def test_channels_last_inference_gives_the_nchw_results(method):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     if method == "gs-siamese":  # DepthNet's U-Net has two output channels: handed back in NCHW
         assert fast.depth.unet(torch.rand(1, 6, 22, 33)).is_contiguous()
+
+
+SMALL_SECTIONS = {"defocus_net": {"defocus_widths": [4, 8, 8]}, "depth_net": {"depth_widths": [4, 8, 8]},
+                  "d3net": {"d3net_widths": [4, 8, 8]}, "mddnet": {"mddnet_widths": [4, 8, 8]}}
+
+
+@pytest.mark.parametrize("method", ["gs-siamese", "dered", "d3net", "mddnet"])
+def test_each_registered_method_builds_round_trips_and_predicts(method):
+    """The registry alone builds a method's network (from a config with its sections, and again from the
+    model_config the checkpoint keeps), names a loss in gs_dfd.train, and its head gives predict depth and CoC."""
+    import types
+
+    from gs_dfd.models.registry import NETWORK_SECTIONS, get_method, new_model
+
+    spec = get_method(method)
+    torch.manual_seed(0)
+    cfg = types.SimpleNamespace(method=method, **{name: cls(**{k: tuple(v) for k, v in SMALL_SECTIONS[name].items()})
+                                                  for name, cls in NETWORK_SECTIONS.items()})
+    model = new_model(cfg).eval()
+    assert set(model.model_config()) == set(spec.sections)
+    rebuilt = build_model(SMALL_SECTIONS, method).eval()  # lists, as a saved file holds them
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.model_config() == model.model_config()
+    loss = spec.loss_fn()
+    assert callable(loss) and loss.__module__.startswith("gs_dfd.train.")
+    assert spec.supervised != spec.needs_fit
+    image, lenses = torch.rand(1, 3, 32, 40), torch.tensor([[0.05, 8.0, 24e-6, 1.0]])
+    with torch.no_grad():
+        out = spec.predict(model, image, lenses)
+    assert out.depth.shape == out.coc.shape == (1, 1, 32, 40)
+    assert (out.gate is not None) == (method in ("gs-siamese", "dered"))
+    assert (out.uncertainty is not None) == (out.coc_source != "network") == (method == "d3net")
+    assert out.mc_samples == (8 if method == "d3net" else 1)
+    assert spec.predict(model, image, lenses, mc_samples=3).mc_samples == (3 if method == "d3net" else 1)
+
+
+def test_registry_refuses_unknown_and_duplicate_methods():
+    from gs_dfd.models.registry import get_method, method_names, register
+
+    assert method_names() == ("gs-siamese", "dered", "d3net", "mddnet")
+    assert method_names(supervised=True) == ("d3net", "mddnet")
+    with pytest.raises(ValueError, match="unknown method 'nope'.*gs-siamese"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="registered already"):
+        register(get_method("d3net"))
+
+
+def test_predict_and_the_models_never_import_the_training_code():
+    """infer/ and models/ load checkpoints and run every method without gs_dfd.train (the registry names the
+    losses as strings)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gs_dfd.infer.predictor, gs_dfd.models.registry, gs_dfd.models.checkpoint_io; "
+            "print(sorted(m for m in sys.modules if m.startswith('gs_dfd.train')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -15,7 +15,8 @@ from gs_dfd.infer.pair import coc_scale_px, fuse_pair
 from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
 from gs_dfd.export.camera_json import read_camera_json
 from gs_dfd.optics.thin_lens import ThinLens
-from gs_dfd.train.checkpoint import SiameseDepthModel, export_weights
+from gs_dfd.models.siamese import SiameseDepthModel
+from gs_dfd.train.checkpoint import export_weights
 
 from conftest import write_tiny_scene
 

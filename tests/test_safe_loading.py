@@ -23,10 +23,9 @@ from gs_dfd.fit.gaussian_fit import (
     save_checkpoint as save_fit_checkpoint,
 )
 from gs_dfd.infer.predictor import SHIPPED_WEIGHTS
-from gs_dfd.train.checkpoint import (
-    FORMAT, WEIGHTS_FORMAT, export_weights, load_checkpoint, model_from_checkpoint, new_model, resume_changes,
-    resume_mismatches, save_checkpoint, to_plain,
-)
+from gs_dfd.models.checkpoint_io import FORMAT, WEIGHTS_FORMAT, load_checkpoint, model_from_checkpoint, to_plain
+from gs_dfd.models.registry import new_model
+from gs_dfd.train.checkpoint import export_weights, resume_changes, resume_mismatches, save_checkpoint
 from gs_dfd.train.config import TrainConfig
 
 SCENE = REPO / "scenes" / "textureless_nyu_160"
@@ -219,12 +218,12 @@ def test_check_resume_settings():
     base = GaussianFitSettings()
     saved = dataclasses.asdict(base)
     check_resume_settings(saved, dataclasses.replace(base, iterations=999, backend="cpu"))
-    with pytest.raises(InputError, match=r"lr_uv 0\.05 -> 0\.1") as info:
+    with pytest.raises(InputError, match=r"--lr-uv 0\.05 -> 0\.1") as info:  # every setting is a fit flag
         check_resume_settings(saved, dataclasses.replace(base, lr_uv=0.1, align_frames=False))
     assert "--align-frames True -> False" in str(info.value)
     older = {k: v for k, v in saved.items() if k != "min_shift_px"}  # a setting newer than the checkpoint
     check_resume_settings(older, base)  # counts as its default
-    with pytest.raises(InputError, match="min_shift_px 0.5 -> 1.0"):
+    with pytest.raises(InputError, match="--min-shift-px 0.5 -> 1.0"):
         check_resume_settings(older, dataclasses.replace(base, min_shift_px=1.0))
 
 

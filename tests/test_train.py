@@ -16,7 +16,7 @@ from conftest import strip_ground_truth
 from gs_dfd.cli import main
 from gs_dfd.data.scene import load_scene
 from gs_dfd.eval.metrics import depth_metrics
-from gs_dfd.train.checkpoint import model_from_checkpoint
+from gs_dfd.models.checkpoint_io import model_from_checkpoint
 from gs_dfd.train.config import TrainConfig
 from gs_dfd.train.data import find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.loop import compute_losses

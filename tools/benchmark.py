@@ -114,14 +114,13 @@ PRETRAIN_RUNS: dict[str, tuple[str, str]] = {
     "gs-siamese": ("gs_siamese_nyu_reblur.yaml", "gs_siamese_nyu_reblur"),
 }
 # The committed configs' training folders that are not tools/make_training_set.py's defaults: its extra flags
-# (train_set_all: v1's stage 2, configs/gs_siamese_nyu_finetune.yaml, outside the benchmark but still committed).
+# (train_set_all: v1's stage 2, docs/experiments/configs/gs_siamese_nyu_finetune.yaml, outside the benchmark).
 SIX_FOCUS_DISTANCES = ("--focus-distances-m", "1", "1.5", "1.7", "2.5", "4", "6")
 TRAIN_SET_FLAGS: dict[str, tuple[str, ...]] = {
     "data_local/train_set_all": ("--all-d3net-ids",),
     "data_local/train_set_f17": SIX_FOCUS_DISTANCES,
     "data_local/train_set_all_f17": ("--all-d3net-ids", *SIX_FOCUS_DISTANCES),
 }
-SUPERVISED = ("d3net", "mddnet")
 
 DATA_SET_LABELS = {"synthetic": "synthetic nyu stacks", "real": "real d3net f/2.8"}
 RGBD_SOURCES = ("nyuv2_0045", "middlebury_cones", "middlebury_teddy", "middlebury_tsukuba", "middlebury_venus")
@@ -362,13 +361,6 @@ def build_data_set(rec: Recorder, cfg: BenchmarkConfig, setting: Setting, data_s
 IGNORED_KEYS = {"command", "out", "config", "resume", "overwrite", "progress", "debug", "checkpoint_every",
                 "log_every", "world_size", "backend", "fit_cache"}
 """config.json keys that do not change the trained model (fit_cache: where the fits live, not what they are)."""
-IGNORED_BY_METHOD = {
-    "gs-siamese": {"d3net", "mddnet"},
-    "dered": {"d3net", "mddnet"},
-    "d3net": {"fit_iterations", "fit_propagate", "fit_sigma_per_coc", "defocus_net", "depth_net", "mddnet", "weights"},
-    "mddnet": {"fit_iterations", "fit_propagate", "fit_sigma_per_coc", "defocus_net", "depth_net", "d3net"},
-}
-"""Sections a method never reads (a d3net run does not depend on DefocusNet's widths)."""
 
 
 def _norm(key: str, value: Any) -> Any:
@@ -379,8 +371,11 @@ def _norm(key: str, value: Any) -> Any:
 
 def config_differences(run_config: dict, expected: dict) -> list[str]:
     """Keys (that matter for ``expected['method']``) whose values differ: ``'steps: run 3000, benchmark 2000'``.
-    Keys an older run's config.json lacks are not compared."""
-    ignored = IGNORED_KEYS | IGNORED_BY_METHOD.get(str(expected.get("method")), set())
+    Keys an older run's config.json lacks are not compared, nor settings the method never reads (a d3net run
+    does not depend on DefocusNet's widths)."""
+    from gs_dfd.train.config import unused_settings
+
+    ignored = IGNORED_KEYS | unused_settings(str(expected.get("method")))
     diffs = []
     for key, want in expected.items():
         if key in ignored or key not in run_config:
@@ -497,8 +492,8 @@ class RunPlan:
 def plan_run(cfg: BenchmarkConfig, setting: Setting, method: str, train_set: Optional[Path],
              stage: Optional[tuple[str, str]] = None, init_from: Optional["RunPlan"] = None) -> RunPlan:
     """The run of ``method`` (or of ``stage``, a (config, run name) pair); ``init_from``: the run it fine-tunes."""
+    from gs_dfd.models.registry import get_method
     from gs_dfd.train.config import load_yaml_defaults
-    from gs_dfd.train.loop import _to_jsonable
 
     config_name, run_name = stage or TRAIN_RUNS[method]
     config_path = cfg.configs_dir / config_name
@@ -520,7 +515,8 @@ def plan_run(cfg: BenchmarkConfig, setting: Setting, method: str, train_set: Opt
     if train_set is not None:
         flags += ["--scenes", str(train_set)]
         over["scenes"] = (train_set,)
-    if method not in SUPERVISED:
+    spec = get_method(method)
+    if spec.needs_fit:  # the supervised baselines fit nothing
         if setting.runs_subdir:  # the setting's own fit cache: never the full runs' (other iterations, same names)
             over["fit_cache"] = runs_root / "fits"
             flags += ["--fit-cache", str(over["fit_cache"])]
@@ -528,13 +524,14 @@ def plan_run(cfg: BenchmarkConfig, setting: Setting, method: str, train_set: Opt
             over["fit_iterations"] = setting.fit_cache_iterations
             flags += ["--fit-iterations", str(setting.fit_cache_iterations)]
     train_cfg = dataclasses.replace(train_cfg, **over)
-    if method in SUPERVISED:
+    if spec.supervised:
         train_cfg = dataclasses.replace(train_cfg, supervised=True)  # as gs-dfd train records it
-    expected = {"command": "train", **_to_jsonable(train_cfg)}
+    # As gs-dfd train writes it into config.json: the resolved config, paths as strings, tuples as lists.
+    expected = {"command": "train", **_jsonable(dataclasses.asdict(train_cfg))}
     decision = decide_run(run_dir, expected, cfg.retrain, cfg.busy_minutes * 60)
     if init_from is not None and init_from.decision.action != "reuse" and decision.action in ("reuse", "resume"):
         decision = RunDecision("replace" if run_dir.exists() else "train", "the run it fine-tunes is trained anew")
-    fit_cache = None if method in SUPERVISED else (train_cfg.fit_cache or run_dir / "fits")
+    fit_cache = (train_cfg.fit_cache or run_dir / "fits") if spec.needs_fit else None
     if decision.action != "reuse" and fit_cache is not None:
         check_fit_cache_not_busy(fit_cache, cfg.busy_minutes * 60)
     return RunPlan(method, config_path, run_dir, flags, expected, decision, fit_cache,

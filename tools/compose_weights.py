@@ -18,7 +18,9 @@ from pathlib import Path
 from gs_dfd.cli import run_tool
 from gs_dfd.console import console
 from gs_dfd.errors import InputError
-from gs_dfd.train.checkpoint import compose_siamese, export_weights
+from gs_dfd.models.checkpoint_io import model_from_checkpoint
+from gs_dfd.models.siamese import SiameseDepthModel
+from gs_dfd.train.checkpoint import export_weights
 
 
 @dataclass
@@ -33,6 +35,30 @@ class ComposeWeightsConfig:
     """The weights file to write (float16, as gs-dfd train's model.pt)."""
     overwrite: bool = False
     """Replace --out if it exists."""
+
+
+def compose_siamese(defocus_from: Path, depth_from: Path) -> tuple[SiameseDepthModel, dict]:
+    """One gs-siamese model from two: the DefocusNet of ``defocus_from`` and the DepthNet of ``depth_from``.
+
+    They fit together because DepthNet never sees pixels of blur, only the CoC map divided by the lens's K (a
+    normalised defocus), so a better blur reader can be paired with a DepthNet whose near/far gate was trained
+    elsewhere. Returns the model and the ``meta`` of the result (both sources recorded)."""
+    parts = {}
+    for role, path in (("defocus_net", defocus_from), ("depth_net", depth_from)):
+        model, ck = model_from_checkpoint(path)
+        if not isinstance(model, SiameseDepthModel):
+            raise InputError(path, f"method {ck.get('method')!r} has no DefocusNet + DepthNet to take apart", "method")
+        meta = ck.get("meta") or {k: ck[k] for k in ("method", "step") if k in ck}
+        parts[role] = (model, {"file": str(path), **{k: v for k, v in meta.items() if k != "scenes"}})
+    defocus, depth = parts["defocus_net"][0].defocus, parts["depth_net"][0].depth
+    composed = SiameseDepthModel(defocus.cfg, depth.cfg)
+    composed.defocus.load_state_dict(defocus.state_dict())
+    composed.depth.load_state_dict(depth.state_dict())
+    composed.eval()
+    src = parts["defocus_net"][1]
+    meta = {"method": "gs-siamese", "steps": src.get("steps", src.get("step", 0)),
+            "composed_from": {role: info for role, (_, info) in parts.items()}}
+    return composed, meta
 
 
 def main(cfg: ComposeWeightsConfig) -> int:

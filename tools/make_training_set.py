@@ -52,7 +52,7 @@ class TrainingSetConfig:
     """d3net_indoor_train scene ids (ids divisible by 4 are the held-out evaluation scenes)."""
     all_d3net_ids: bool = False
     """Use every id that is not held out (the 60 of 0-80 with id % 4 != 0) instead of --d3net-ids: the training
-    set of the fine-tuning stages (configs/gs_siamese_nyu_finetune.yaml, configs/gs_siamese_nyu_reblur_finetune.yaml)."""
+    set of the fine-tuning stage (configs/gs_siamese_nyu_reblur_finetune.yaml)."""
     procedural_kinds: tuple[str, ...] = ("mixed", "planes", "occlusion")
     """Procedural scene kinds."""
     procedural_per_kind: int = 3

@@ -1,4 +1,5 @@
-"""Run a trained network on single images; the checkpoint's method decides which.
+"""Run a trained network on single images; the checkpoint's method decides which, and its registered head
+(:mod:`gs_dfd.models.registry`) what is done with the network's output:
 
 - ``gs-siamese`` / ``dered``: DefocusNet -> CoC map -> DepthNet (with the lens) -> depth;
 - ``d3net``: depth from the image alone, Monte-Carlo dropout: the mean of N passes with dropout on, and their
@@ -24,14 +25,13 @@ import torch
 
 from gs_dfd.errors import InputError
 from gs_dfd.infer.pair import fuse_pair
-from gs_dfd.models.lens_code import coc_px_from_depth, lens_row
+from gs_dfd.models.checkpoint_io import model_from_checkpoint
+from gs_dfd.models.lens_code import lens_row
+from gs_dfd.models.registry import get_method, method_of
 from gs_dfd.models.unet import use_channels_last
 from gs_dfd.optics.thin_lens import ThinLens
-from gs_dfd.train.checkpoint import model_from_checkpoint
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "gs_siamese_nyu.pt"
-MC_SAMPLES_DEFAULT = {"d3net": 8}
-"""Monte-Carlo dropout passes per image of the methods trained with dropout (others: one pass)."""
 
 
 @dataclass
@@ -62,40 +62,33 @@ class Predictor:
         self.load_seconds = time.perf_counter() - t0
         self.path = path
         self.meta = ck.get("meta", {})
-        self.method = ck.get("method") or "gs-siamese"
+        self.method = method_of(ck)
+        self.spec = get_method(self.method)
 
     @property
     def uses_dropout(self) -> bool:
         """Whether ``mc_samples`` means anything for this model (Monte-Carlo dropout)."""
-        return self.method in MC_SAMPLES_DEFAULT and getattr(self.model.cfg, "dropout", 0.0) > 0
+        return self.spec.uses_mc_dropout(self.model)
 
     @torch.inference_mode()
     def predict(self, image: np.ndarray, lens: ThinLens, mc_samples: int | None = None) -> Prediction:
         """image ``[H, W, C]`` in [0, 1] (gray is repeated to RGB). ``mc_samples``: MC-dropout passes (d3net;
-        default 8, 1 = dropout off); ignored by methods without dropout."""
+        None: the method's default, 1 = dropout off); ignored by methods without dropout."""
         assert image.ndim == 3, image.shape
         assert mc_samples is None or mc_samples >= 1, mc_samples
         rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         lenses = lens_row(lens)[None]  # [1, 4]
         t0 = time.perf_counter()
-        uncertainty, coc_source, samples = None, "network", 1
-        if self.method == "d3net":
-            samples = (mc_samples or MC_SAMPLES_DEFAULT["d3net"]) if self.uses_dropout else 1
-            depth, std = self.model.mc_predict(x, samples)
-            uncertainty = std
-            coc, coc_source = coc_px_from_depth(depth, lenses), "thin lens of the predicted depth"
-            gate = None
-        else:
-            out = self.model(x, lenses)
-            depth, coc, gate = out["depth"], out["coc"], out.get("gate")
+        out = self.spec.predict(self.model, x, lenses, mc_samples)
         seconds = time.perf_counter() - t0
+        depth, coc, gate, uncertainty = out.depth, out.coc, out.gate, out.uncertainty
         if gate is None:  # the baselines' depth itself says which side of the focus plane it is on
             gate = torch.sign(depth - lens.focus_distance_m)
         f32 = lambda t: t[0, 0].numpy().astype(np.float32)  # noqa: E731
         return Prediction(depth_m=f32(depth), coc_px=f32(coc), far_gate=f32(gate), model_seconds=seconds,
-                          uncertainty_m=None if uncertainty is None else f32(uncertainty), coc_source=coc_source,
-                          mc_samples=samples)
+                          uncertainty_m=None if uncertainty is None else f32(uncertainty), coc_source=out.coc_source,
+                          mc_samples=out.mc_samples)
 
     def predict_pair(self, images: tuple[np.ndarray, np.ndarray], lenses: tuple[ThinLens, ThinLens],
                      mc_samples: int | None = None) -> Prediction:

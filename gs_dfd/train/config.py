@@ -3,7 +3,8 @@
 Precedence: defaults < ``--config FILE.yaml`` < flags on the command line.
 The YAML mirrors the dataclass (nested sections for ``weights``,
 ``defocus_net``, ``depth_net``, ``d3net``, ``mddnet``); an unknown key is an error naming the file
-and key, so a typo never silently trains the wrong thing.
+and key, so a typo never silently trains the wrong thing. The committed configs (configs/*.yaml) list only
+what differs from these defaults, so each one reads as its recipe.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from gs_dfd.models.d3net import D3NetConfig
 from gs_dfd.models.defocus_net import DefocusNetConfig
 from gs_dfd.models.depth_net import DepthNetConfig
 from gs_dfd.models.mddnet import MDDNetConfig
+from gs_dfd.models.registry import DEFAULT_METHOD, NETWORK_SECTIONS, get_method, method_names
 from gs_dfd.optics.thin_lens import LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.train.losses import LossWeights
 
-SUPERVISED_METHODS = ("d3net", "mddnet")
-"""Trained on depth_gt; no per-scene Gaussian fit."""
-SIAMESE_METHODS = ("gs-siamese", "dered")
-"""DefocusNet + DepthNet on frame pairs, self-supervised through the per-scene fit."""
+MethodName = Literal[method_names()]  # type: ignore[valid-type]
+"""--method's choices: the registered methods (:mod:`gs_dfd.models.registry`)."""
+FIT_SETTINGS = frozenset({"fit_iterations", "fit_propagate", "fit_sigma_per_coc"})
+"""The one-off per-scene Gaussian fit's settings: read only by the methods that learn from the fit."""
 
 
 @dataclass
@@ -43,7 +45,7 @@ class TrainConfig:
     win."""
     scenes: tuple[Path, ...] = ()
     """Training scene folders, or folders of scene folders."""
-    method: Literal["gs-siamese", "dered", "d3net", "mddnet"] = "gs-siamese"
+    method: MethodName = DEFAULT_METHOD
     """Training method. gs-siamese: siamese DefocusNet + DepthNet, self-supervised by re-rendering the fitted 3D
     Gaussians with the predicted CoC. dered: ablation (DEReD-style, Si et al. CVPR 2023): the same, but the fit's
     all-in-focus image is re-blurred in image space instead. d3net: supervised single-image depth with
@@ -172,3 +174,18 @@ def load_yaml_defaults(path: Path, out: Path | None) -> TrainConfig:
     kwargs.setdefault("out", out or Path("runs/unnamed"))
     # Relative paths in a config file are relative to the working directory, like flags.
     return TrainConfig(**{**kwargs, "config": path})
+
+
+def unused_settings(method: str) -> frozenset[str]:
+    """The TrainConfig fields and sections ``method`` never reads: other methods' networks, the fit's settings
+    (methods supervised by depth_gt fit nothing), ``weights`` (a loss without weights). A change to them changes
+    nothing in its run; an unknown method: none."""
+    if method not in method_names():
+        return frozenset()
+    spec = get_method(method)
+    unused = set(NETWORK_SECTIONS) - set(spec.sections)
+    if not spec.needs_fit:
+        unused |= FIT_SETTINGS
+    if not spec.loss_weights:
+        unused.add("weights")
+    return frozenset(unused)

@@ -1,7 +1,7 @@
 """The per-scene Gaussian fit a training scene needs, computed once and cached.
 
-A cache entry is the output folder of ``gs-dfd fit`` run with
-``--no-evaluate`` (no ground truth read): ``gaussians.ply`` (the 3D model),
+A cache entry is the output folder of a fit (:func:`gs_dfd.fit.pipeline.fit_scene`, what ``gs-dfd fit`` runs)
+with ``evaluate=False`` (no ground truth read): ``gaussians.ply`` (the 3D model),
 ``depth.npy`` and ``confidence.npy`` (the anchor). An entry is reused when
 its ``config.json`` records the same scene, iteration count, ``--propagate`` and
 ``--sigma-per-coc`` (entries from before those options existed were fitted
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from gs_dfd.console import console
 from gs_dfd.errors import Interrupted
+from gs_dfd.fit.gaussian_fit import GaussianFitSettings
+from gs_dfd.fit.pipeline import FitSceneConfig, fit_scene
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.utils.atomic import write_json_atomic
 from gs_dfd.utils.outputs import partial_dir
@@ -69,8 +71,6 @@ def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backe
                 progress: bool = True, propagate: str = "auto",
                 sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC) -> list[Path]:
     """Fit every scene that has no valid cache entry; returns the entries in ``scene_dirs``' order."""
-    from gs_dfd.commands.fit import FitConfig, run as run_fit
-
     todo = [s for s in scene_dirs if not is_cached(s, cache_root, iterations, propagate, sigma_per_coc)]
     if todo:
         console.print(f"fitting {len(todo)} of {len(scene_dirs)} training scenes once ({iterations} steps each) "
@@ -78,9 +78,10 @@ def ensure_fits(scene_dirs: list[Path], cache_root: Path, iterations: int, backe
     for scene in console.progress(todo, "fit cache", enabled=progress and bool(todo)):
         entry = cache_dir_for(scene, cache_root)
         try:  # a fit that an earlier Ctrl-C interrupted continues from its checkpoint
-            run_fit(FitConfig(scene=scene, out=entry, iterations=iterations, evaluate=False, backend=backend,
-                              overwrite=True, resume=partial_dir(entry).is_dir(), progress=False,
-                              propagate=propagate, sigma_per_coc=sigma_per_coc))
+            fit_scene(FitSceneConfig(scene=scene, out=entry, evaluate=False, overwrite=True,
+                                     resume=partial_dir(entry).is_dir(), progress=False, propagate=propagate,
+                                     fit=GaussianFitSettings(iterations=iterations, backend=backend,
+                                                             sigma_per_coc=sigma_per_coc)))
         except (KeyboardInterrupt, Interrupted):
             raise Interrupted(f"interrupted while fitting training scene {scene.name} into the cache {cache_root}; "
                               f"its checkpoint is kept: run the same command with --resume to continue") from None

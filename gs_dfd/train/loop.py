@@ -2,8 +2,10 @@
 
 Each process draws its own crops from a sampler seeded by (seed, rank, step),
 so a run is reproducible on CPU and resumes exactly from a checkpoint. Rank 0
-fits the uncached scenes (gs-siamese and dered only), writes logs and
-checkpoints; the others wait. :func:`compute_losses` dispatches on the method.
+fits the uncached scenes (the methods that learn from the fit), writes logs
+and checkpoints; the others wait. What depends on the method (network, loss,
+fit or depth_gt) is looked up in :mod:`gs_dfd.models.registry`; the losses it
+names are the ``*_losses`` functions here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,12 +26,12 @@ import torch.distributed as dist
 from gs_dfd.console import console
 from gs_dfd.data.scene import load_scene
 from gs_dfd.errors import GsDfdError, InputError, Interrupted
+from gs_dfd.models.checkpoint_io import load_checkpoint
 from gs_dfd.models.lens_code import coc_scale_px
+from gs_dfd.models.registry import build_model, get_method, method_of, new_model
 from gs_dfd.train import losses as L
-from gs_dfd.train.checkpoint import (
-    build_model, export_weights, load_checkpoint, new_model, resume_changes, save_checkpoint,
-)
-from gs_dfd.train.config import SIAMESE_METHODS, SUPERVISED_METHODS, TrainConfig
+from gs_dfd.train.checkpoint import export_weights, resume_changes, save_checkpoint
+from gs_dfd.train.config import TrainConfig
 from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
 from gs_dfd.train.fit_cache import ensure_fits
 from gs_dfd.train.reblur import aif_crop, margin_for, reblur
@@ -97,7 +100,7 @@ def _check_scenes(scene_dirs: list[Path], supervised: bool) -> None:
 
 def _check_same_network(ck: dict, cfg: TrainConfig, model_config: dict, path: Path, field: str) -> None:
     """A checkpoint to continue from (--resume) or start from (--init-weights) must hold this run's network."""
-    if (ck.get("method") or "gs-siamese") != cfg.method:
+    if method_of(ck) != cfg.method:
         raise InputError(path, f"was trained with --method {ck.get('method')}, not {cfg.method}", field)
     # Compare as this version reads them: a checkpoint from before a setting existed has that setting's default.
     if build_model(ck.get("model_config") or {}, cfg.method).model_config() != model_config:
@@ -120,10 +123,39 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 
 def compute_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch for ``cfg.method``; ``total`` is their weighted sum."""
-    if cfg.method in SUPERVISED_METHODS:
-        return _supervised_losses(model, batch, cfg)
-    return _siamese_losses(model, batch, scenes, cfg)
+    """All loss terms of one batch for ``cfg.method`` (its registered loss); ``total`` is their weighted sum."""
+    return get_method(cfg.method).loss_fn()(model, batch, scenes, cfg)
+
+
+def gs_siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene],
+                      cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """gs-siamese: losses (a)-(e); (a) re-renders the scenes' fitted 3D Gaussians with the predicted CoC."""
+    return _siamese_losses(model, batch, scenes, cfg, _rerendered_pairs)
+
+
+def dered_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene],
+                 cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """dered, the ablation: gs-siamese's losses, but (a) re-blurs the fit's all-in-focus image in image space."""
+    return _siamese_losses(model, batch, scenes, cfg, _reblurred_pairs)
+
+
+def d3net_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene],
+                 cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """d3net: depth against depth_gt."""
+    return _supervised_losses(model, batch, cfg, coc=False)
+
+
+def mddnet_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene],
+                  cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """mddnet: depth against depth_gt, and its CoC decoder against the thin-lens CoC of depth_gt."""
+    return _supervised_losses(model, batch, cfg, coc=True)
+
+
+def _rerendered_pairs(batch: Batch, scenes: list[TrainScene], coc: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """gs-siamese's loss (a) renderer: each crop's fitted Gaussians rendered with the pair's two CoC maps
+    ``[B, 2, 1, h, w]`` -> ``[B, 2, h, w, 3]``."""
+    return torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend, sigma_per_coc=cfg.fit_sigma_per_coc)
+                        for k, r in enumerate(batch.refs)])
 
 
 def _reblurred_pairs(batch: Batch, scenes: list[TrainScene], coc: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -136,8 +168,11 @@ def _reblurred_pairs(batch: Batch, scenes: list[TrainScene], coc: torch.Tensor, 
     return reblur(aif, coc[:, :, 0], margin, max_sigma, cfg.fit_sigma_per_coc).permute(0, 1, 3, 4, 2)
 
 
-def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """gs-siamese and its dered ablation: losses (a)-(e) of :mod:`gs_dfd.train.losses`."""
+def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScene], cfg: TrainConfig,
+                    renderer: Callable[[Batch, list[TrainScene], torch.Tensor, TrainConfig], torch.Tensor],
+                    ) -> dict[str, torch.Tensor]:
+    """gs-siamese and its dered ablation: losses (a)-(e) of :mod:`gs_dfd.train.losses`; ``renderer`` makes
+    loss (a)'s images of the pair from its CoC maps."""
     w = cfg.weights
     b, _, c, h, wd = batch.images.shape
     out = model(batch.images.reshape(2 * b, c, h, wd), batch.lenses.reshape(2 * b, 4))
@@ -147,11 +182,7 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
     terms: dict[str, torch.Tensor] = {}
 
     if w.render > 0:
-        if cfg.method == "dered":
-            renders = _reblurred_pairs(batch, scenes, coc, cfg)
-        else:
-            renders = torch.stack([render_crop(scenes[r.scene], r, coc[k], cfg.backend,
-                                              sigma_per_coc=cfg.fit_sigma_per_coc) for k, r in enumerate(batch.refs)])
+        renders = renderer(batch, scenes, coc, cfg)
         target = batch.images.permute(0, 1, 3, 4, 2)  # [B, 2, h, w, 3]
         terms["render"] = L.render_loss(renders.reshape(2 * b, h, wd, 3), target.reshape(2 * b, h, wd, 3), w.render_ssim)
     terms["siamese"] = L.siamese_loss(depth[:, 0], depth[:, 1])
@@ -170,14 +201,14 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
     k_px = coc_scale_px(batch.lenses.reshape(2 * b, 4)).view(-1, 1, 1, 1)
     terms["smooth"] = (L.edge_aware_smoothness(1.0 / out["depth"], imgs)
                        + L.edge_aware_smoothness(out["coc"] / k_px + 0.05, imgs))
-    weights = {"render": w.render, "siamese": w.siamese, "coc_consistency": w.coc_consistency,
-               "anchor_depth": w.anchor_depth, "anchor_coc": w.anchor_coc, "smooth": w.smooth}
+    weights = dataclasses.asdict(w)  # each term is weighted by the LossWeights field of its name
     terms["total"] = sum(weights[k] * v for k, v in terms.items())
     return terms
 
 
-def _supervised_losses(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """d3net and mddnet: every frame of a pair is one training image with the scene's depth_gt."""
+def _supervised_losses(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, coc: bool) -> dict[str, torch.Tensor]:
+    """d3net and mddnet: every frame of a pair is one training image with the scene's depth_gt; ``coc``: the
+    network predicts a CoC map too (weight ``supervised_coc``)."""
     if batch.depth_gt is None:
         raise GsDfdError(f"{cfg.method} is supervised: its batches need depth_gt (load scenes with supervised=True)")
     b, _, c, h, wd = batch.images.shape
@@ -187,7 +218,7 @@ def _supervised_losses(model: torch.nn.Module, batch: Batch, cfg: TrainConfig) -
     out = model(images, lenses)
     terms = {"depth": L.supervised_depth_loss(out["depth"], gt)}
     weights = {"depth": 1.0}
-    if cfg.method == "mddnet":
+    if coc:
         terms["coc"] = L.supervised_coc_loss(out["coc"], gt, lenses)
         weights["coc"] = cfg.weights.supervised_coc
     terms["total"] = sum(weights[k] * v for k, v in terms.items())
@@ -259,9 +290,10 @@ def _check_resume(cfg: TrainConfig, resolved: dict, work: Path, world: int) -> N
 def _train(cfg: TrainConfig, run: _Run, work: Path) -> dict:
     """Train in ``work`` (the run folder being built)."""
     t_start = time.perf_counter()
-    if cfg.method in SUPERVISED_METHODS and not cfg.supervised:
+    spec = get_method(cfg.method)
+    if spec.supervised and not cfg.supervised:
         cfg = dataclasses.replace(cfg, supervised=True)  # they learn from depth_gt (recorded in config.json)
-    needs_fit = cfg.method in SIAMESE_METHODS  # the supervised baselines never fit the scenes
+    needs_fit = spec.needs_fit  # the supervised baselines never fit the scenes
     init_state = _init_weights(cfg)
     scene_dirs = find_scenes(cfg.scenes)
     if run.main:
@@ -278,7 +310,7 @@ def _train(cfg: TrainConfig, run: _Run, work: Path) -> dict:
     run.barrier()
     t_fit = time.perf_counter() - t_start
     scenes = [load_train_scene(s, cache / s.name if needs_fit else None, supervised=cfg.supervised,
-                               fit_aif=cfg.method == "dered") for s in scene_dirs]
+                               fit_aif=spec.fit_aif) for s in scene_dirs]
 
     torch.manual_seed(cfg.seed)
     model = new_model(cfg)
