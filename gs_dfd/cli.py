@@ -93,15 +93,16 @@ def _os_error_line(exc: OSError) -> str:
     return f"{where}: {os_error_reason(exc)}" if where else os_error_reason(exc)
 
 
-def _non_finite_flag(cfg: object, prefix: str = "--") -> str | None:
-    """The first float flag (nested configs too) given as nan or inf: no setting of gs-dfd means that."""
+def _non_finite_flag(cfg: object) -> str | None:
+    """The first float flag (nested configs too) given as nan or inf: no setting of gs-dfd means that. Nested
+    configs' flags carry no prefix (``tyro.conf.OmitArgPrefixes``, see :func:`main`)."""
     if not dataclasses.is_dataclass(cfg):
         return None
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        flag = prefix + f.name.replace("_", "-")
+        flag = "--" + f.name.replace("_", "-")
         if dataclasses.is_dataclass(value):
-            found = _non_finite_flag(value, flag + ".")
+            found = _non_finite_flag(value)
             if found:
                 return found
         values = value if isinstance(value, (tuple, list)) else (value,)

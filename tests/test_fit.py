@@ -150,7 +150,8 @@ def test_shared_non_identity_pose_gives_the_same_depth(stack, tmp_path):
 def test_network_initialisation_for_an_aperture_pair(tmp_path, capsys):
     import torch
 
-    from gs_dfd.train.checkpoint import SiameseDepthModel, export_weights
+    from gs_dfd.models.siamese import SiameseDepthModel
+    from gs_dfd.train.checkpoint import export_weights
 
     pair = tmp_path / "pair"
     assert main(["synth", "procedural", "--kind", "planes", "--seed", "2", "--width", "48", "--height", "32",
@@ -165,3 +166,59 @@ def test_network_initialisation_for_an_aperture_pair(tmp_path, capsys):
     assert "starting depth from the network" in capsys.readouterr().out
     assert main(["fit", "--scene", str(pair), "--out", str(tmp_path / "dff"), "--init", "dff", "--no-progress"]) == 2
     assert "two distinct focus distances" in capsys.readouterr().err
+
+
+def test_the_pipeline_runs_without_the_command_line(stack, tmp_path):
+    """gs_dfd.fit.pipeline.fit_scene is the whole fit (what `gs-dfd fit` and the training cache run): the same
+    outputs, folder rule and config.json, from a config built in code."""
+    from gs_dfd.fit.gaussian_fit import GaussianFitSettings
+    from gs_dfd.fit.pipeline import FitSceneConfig, fit_scene
+    from gs_dfd.utils.outputs import MARKER_FILE
+
+    out = tmp_path / "lib"
+    result = fit_scene(FitSceneConfig(scene=stack, out=out, progress=False, checkpoint_every=2,
+                                      fit=GaussianFitSettings(iterations=6)))
+    assert result.out == out and (out / MARKER_FILE).is_file() and not partial_dir(out).exists()
+    np.testing.assert_array_equal(np.load(out / "depth.npy"), result.depth)
+    assert result.metrics == json.loads((out / "metrics.json").read_text())
+    cli = tmp_path / "cli"
+    assert main(["fit", "--scene", str(stack), "--out", str(cli), *FAST]) == 0
+    np.testing.assert_array_equal(np.load(cli / "depth.npy"), result.depth)
+
+
+def test_every_setting_is_one_flag_and_one_flat_config_key(stack, tmp_path):
+    """GaussianFitSettings is declared once: each field is the `fit` flag of its name, and config.json records
+    it at the top level beside the command's settings (what the training cache's is_cached reads)."""
+    import dataclasses
+
+    from gs_dfd.commands.fit import FitConfig
+    from gs_dfd.fit.gaussian_fit import GaussianFitSettings
+
+    out = tmp_path / "o"
+    assert main(["fit", "--scene", str(stack), "--out", str(out), "--iterations", "2", "--no-progress",
+                 "--lr-uv", "0.04", "--propagate-colour-sigma", "0.2"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    settings = {f.name for f in dataclasses.fields(GaussianFitSettings)}
+    command = {f.name for f in dataclasses.fields(FitConfig)} - {"fit"}
+    assert not settings & command and "fit" not in saved
+    assert settings | command <= set(saved)
+    assert saved["lr_uv"] == 0.04 and saved["propagate_colour_sigma"] == 0.2 and saved["iterations"] == 2
+    assert saved["propagate"] == "auto" and saved["scene"] == str(stack)
+
+
+@pytest.mark.parametrize("flag, value", [("--propagate-at-fraction", "1.5"), ("--lr-uv", "0"), ("--lr-uv", "nan"),
+                                         ("--lr-final-ratio", "0"), ("--min-shift-px", "-1"),
+                                         ("--checkpoint-every", "0")])
+def test_every_setting_is_checked_up_front(stack, tmp_path, capsys, flag, value):
+    assert main(["fit", "--scene", str(stack), "--out", str(tmp_path / "o"), flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and flag in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists() and not partial_dir(tmp_path / "o").exists()
+
+
+def test_a_resume_with_a_changed_advanced_setting_is_refused(stack, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST]) == 0
+    assert main(["fit", "--scene", str(stack), "--out", str(out), *FAST, "--resume", "--lr-size", "0.02"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr-size 0.01 -> 0.02" in err and len(err.strip().splitlines()) == 1, err

@@ -306,13 +306,14 @@ def test_forged_npy_header_is_refused_before_allocating(tmp_path):
 
 
 def _fit_folder(root: Path, scene_dir: Path) -> Path:
-    """What gs-dfd fit leaves, by hand: depth.npy, confidence.npy, aif.png, camera.json."""
+    """What gs-dfd fit leaves, by hand: depth.npy, confidence.npy, aif.png, camera.json, metrics.json."""
     cam = load_scene(scene_dir, check_files=False).camera
     root.mkdir()
     np.save(root / "depth.npy", np.full((cam.height, cam.width), 2.0, np.float32))
     np.save(root / "confidence.npy", np.full((cam.height, cam.width), 0.5, np.float32))
     shutil.copy(scene_dir / "aif.png", root / "aif.png")
     write_camera_json(root / "camera.json", cam)
+    (root / "metrics.json").write_text("{}")
     return root
 
 

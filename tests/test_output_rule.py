@@ -177,7 +177,7 @@ def test_fit_overwrite_leaves_no_stale_files(world, tmp_path, capsys):
 
 
 def test_fit_ctrl_c_keeps_a_checkpoint_that_resume_finishes(world, tmp_path, capsys, monkeypatch):
-    import gs_dfd.commands.fit as fit_cmd
+    import gs_dfd.fit.pipeline as fit_cmd
 
     real = fit_cmd.fit_gaussians
 

@@ -110,7 +110,7 @@ def test_train_finds_a_broken_scene_before_fitting_any(tmp_path, capsys):
 
 def test_train_ctrl_c_in_the_fit_cache_resumes(tmp_path, capsys, monkeypatch):
     """Ctrl-C while the training scenes are fitted: the run folder's partial copy stays, --resume goes on."""
-    import gs_dfd.commands.fit as fit_cmd
+    import gs_dfd.fit.pipeline as fit_cmd
     from gs_dfd.utils.outputs import partial_dir
 
     scenes = tmp_path / "scenes"

@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -53,41 +53,116 @@ from gs_dfd.render.api import PinholeCamera, render_defocus
 
 @dataclass
 class GaussianFitSettings:
+    """How the Gaussians are fitted to a stack: everything that decides the result, in one place.
+
+    Each field is also a ``gs-dfd fit`` flag of the same name (``lr_inv_depth`` is ``--lr-inv-depth``), and a
+    checkpoint stores these values so that ``--resume`` can refuse a change that would alter the result.
+    """
+
     iterations: int = 360
+    """Optimisation steps; the learning rates decay over them, so more steps also means finer last steps."""
     stride: int = 2
+    """One Gaussian per stride x stride pixel block; 1 = one per pixel (slower, sharper depth edges)."""
     lr_inv_depth: float = 0.01
+    """Adam learning rate of the Gaussians' inverse depth (1/m per step): the one coordinate that moves the blur."""
     lr_uv: float = 0.05
+    """(advanced) Adam learning rate of the Gaussians' pixel positions (px per step)."""
     lr_size: float = 0.01
+    """(advanced) Adam learning rate of the Gaussians' log sizes."""
     lr_quat: float = 0.005
+    """(advanced) Adam learning rate of the Gaussians' rotations (quaternion components)."""
     lr_opacity: float = 0.05
+    """(advanced) Adam learning rate of the Gaussians' opacity logits."""
     lr_color: float = 0.05
+    """(advanced) Adam learning rate of the Gaussians' colour logits."""
     lr_lens: float = 0.002
+    """(advanced) Adam learning rate of the lens corrections, log focus and aperture scales (--calibrate-lens)."""
     lr_final_ratio: float = 0.1
+    """(advanced) Every learning rate decays exponentially to this fraction of its start over the run: large steps
+    find the depth, small ones let it settle."""
     ssim_weight: float = 0.2
+    """Weight of 1 - SSIM against L1 in the photometric loss (SSIM rewards matching local contrast, which is what
+    defocus changes)."""
     smooth_weight: float = 0.02
+    """Weight of the edge-aware inverse-depth smoothness prior between grid neighbours: it decides depth where there
+    is no texture and so no defocus signal; 0 = off."""
     smooth_colour_sigma: float = 0.1
+    """(advanced) Colour difference (0-1 scale) over which the smoothness prior fades between neighbours: depth
+    edges usually sit on colour edges, so the prior does not smooth across them."""
     dff_window_px: int = 9
+    """Window of the focus measure (pixels): the depth of (--method dff) and the Gaussians' starting depth."""
     init_depth_m: float | None = None
+    """Starting depth (metres) when the stack has a single focus distance (aperture stacks), where the focus measure
+    has no peak; default 1.25 x the focus distance."""
     calibrate_lens: bool = False
+    """Refine the aperture scale and, with two or more focus distances, each frame's focus distance (nominal lens
+    values of real cameras are off; with one focus distance only the ratio to depth is observable)."""
     exposure_compensation: bool = True
+    """Learn a per-frame gain and offset against frame 0: real stacks change brightness between shots, which the
+    fit would otherwise explain with blur."""
     lr_exposure: float = 0.01
+    """(advanced) Adam learning rate of the per-frame exposure gain and offset."""
     align_frames: bool = True
+    """Learn a per-frame image translation of the frames that share frame 0's pose and that phase correlation finds
+    offset by at least the smallest shift (--min-shift-px): real shots move between exposures, and an unregistered
+    shift reads as blur."""
     lr_align_px: float = 0.02
+    """(advanced) Adam learning rate of the per-frame translations (px per step)."""
     max_shift_px: float = 32.0
-    # Shots offset by less are taken as registered: phase correlation reads up to 0.15 px on registered
-    # synthetic stacks, and aligning those cost 0.0035 AbsRel on the five RGB-D stacks.
+    """Largest translation between shots (pixels) that the frame alignment (--align-frames) searches for."""
     min_shift_px: float = 0.5
-    # Edge-aware propagation of inverse depth (gs_dfd.fit.propagation), done once after this fraction of the
-    # iterations, so that the last steps let the photometric loss settle the Gaussians it moved at edges;
-    # smoothness 0 = off (propagate_depth: the measurements behind these values).
+    """(advanced) Frames that phase correlation finds offset by less (pixels) are taken as registered and not
+    moved: on registered stacks the correlation still reads a fraction of a pixel, and learning that noise as a
+    shift costs depth accuracy."""
     propagate_smoothness: float = 30.0
+    """(advanced) Strength (lambda) of the one edge-aware solve that carries inverse depth from the Gaussians whose
+    blur the frames measure into those they cannot (gs_dfd.fit.propagation); 0 = no propagation, the value that
+    (--propagate off) sets, as auto does on a single-focus stack."""
     propagate_colour_sigma: float = 0.1
+    """(advanced) Colour difference (0-1 scale) over which the propagation stops between neighbours, so depth
+    flows along surfaces of one colour and not across their edges."""
     propagate_at_fraction: float = 5 / 6
-    # Gaussian blur sigma per CoC diameter. A fit that renders too narrow a blur (the disk's second moment,
-    # the renderer's default) reads every blurred surface as more defocused than it is.
+    """(advanced) When the propagation runs, as a fraction of the steps (--iterations): late, so that the fit has
+    measured what it can, yet early enough that the last steps let the photometric loss settle what moved at
+    edges."""
     sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC
-    backend: str = "auto"
+    """Blur model: Gaussian sigma (px) per CoC diameter (px). A real lens blurs with a disk; 0.25 matches the disk's
+    second moment, but the least-squares Gaussian for a disk blur of natural images is wider, and a fit that
+    renders too narrow a blur reads every blurred surface as more defocused than it is (README: the fit's blur
+    model)."""
+    backend: Literal["auto", "cpu", "torch", "gsplat"] = "auto"
+    """Renderer: auto = gsplat on CUDA, else the C++ cpu backend. Changes speed and float rounding only."""
     seed: int = 0
+    """Random seed; the same seed gives the same result on CPU."""
+
+    def check(self) -> None:
+        """Refuse a value outside its setting's range, in one line naming the flag, before any work starts."""
+        for name, low in (("iterations", 1), ("stride", 1), ("dff_window_px", 3)):
+            if getattr(self, name) < low:
+                raise InputError(None, f"must be >= {low} (got {getattr(self, name)})", setting_flag(name))
+        positive = ["sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat", "lr_opacity", "lr_color",
+                    "lr_lens", "lr_exposure", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
+        if self.init_depth_m is not None:
+            positive.append("init_depth_m")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(None, f"must be a finite number > 0 (got {value})", setting_flag(name))
+        for name in ("smooth_weight", "ssim_weight", "max_shift_px", "min_shift_px", "propagate_smoothness"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(None, f"must be a finite number >= 0 (got {value})", setting_flag(name))
+        for name in ("ssim_weight", "propagate_at_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(None, f"must be in [0, 1] (got {getattr(self, name)})", setting_flag(name))
+        if not 0 < self.lr_final_ratio <= 1:
+            raise InputError(None, f"must be in (0, 1] (got {self.lr_final_ratio})", setting_flag("lr_final_ratio"))
+
+
+def setting_flag(name: str) -> str:
+    """A setting as the user spells it: every field of :class:`GaussianFitSettings` is the ``gs-dfd fit`` flag of
+    that name."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -322,11 +397,10 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     ``SENSITIVITY_HALF_CONFIDENCE``, times coverage), averaged over its block. Where the frames measure depth it
     hardly moves; where they cannot, it takes the depth of its surface. Sets and returns ``state.propagation``.
 
-    Chosen on the 69 training scenes' 80-step cache fits (their depth_gt read for this only; AbsRel of the
-    grid's depth in 0.5-4 m): 0.161 without propagation; 0.095 with this weight and lambda 30 (better on 67
-    scenes, worse by 0.008 on one); lambda 100 scored 0.089 but made one scene 0.019 worse. A first choice,
-    confidence ** 4 with lambda 3 (0.089 there), smoothed real depth edges of the textured Middlebury tsukuba
-    stack (0.045 -> 0.060): it weighs half-confident Gaussians far less than their curvature does.
+    Why the curvature: it is what the photometric loss itself says about each Gaussian's depth, so the solve
+    trades the data against the prior on the loss's own scale. A steeper function of confidence (a first choice)
+    weighs half-confident Gaussians far less than their curvature does and smoothed real depth edges of textured
+    stacks. The README gives the measurements behind the weight and lambda.
     """
     gh, gw = state.grid_hw
     assert state.model.n == gh * gw, (state.model.n, state.grid_hw)
@@ -357,7 +431,7 @@ def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) 
     """Tensors and plain values only, so that :func:`load_checkpoint` reads it with ``weights_only=True``."""
     import dataclasses
 
-    from gs_dfd.train.checkpoint import to_plain
+    from gs_dfd.models.checkpoint_io import to_plain
     from gs_dfd.utils.atomic import write_file_atomic
 
     conf = state.init_confidence
@@ -380,17 +454,8 @@ def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) 
 
 
 def _setting_name(name: str) -> str:
-    """A setting as the user spells it: the ``gs-dfd fit`` flag where there is one of that name."""
-    import dataclasses
-
-    from gs_dfd.commands.fit import FitConfig
-
-    flags = {f.name for f in dataclasses.fields(FitConfig)}
-    if name in flags:
-        return "--" + name.replace("_", "-")
-    if name == "propagate_smoothness":
-        return "--propagate (propagate_smoothness)"
-    return name
+    """A setting as the user spells it in a refusal; ``--propagate`` also sets ``propagate_smoothness``."""
+    return setting_flag(name) + (" (or --propagate)" if name == "propagate_smoothness" else "")
 
 
 def _shown(value: object) -> str:
@@ -420,7 +485,7 @@ def load_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings |
     """Restore a state built with the same scene and settings (shapes must match), reading the file without
     running code (``weights_only=True``). With ``settings``, refuse a checkpoint saved under settings that change
     the result (:func:`check_resume_settings`). Every problem is one-line :class:`InputError`."""
-    from gs_dfd.train.checkpoint import require, require_state_dict, safe_load
+    from gs_dfd.models.checkpoint_io import require, require_state_dict, safe_load
 
     payload = safe_load(path, field, "fit checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
