@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the README's comparison table from nothing: data, training, predictions, evaluation.
+"""Rebuild the benchmark comparison table (docs/results_history.md) from nothing: data, training, predictions, evaluation.
 
     OMP_NUM_THREADS=2 python tools/benchmark.py --out out/benchmark            # full: the committed configs, hours
     OMP_NUM_THREADS=2 python tools/benchmark.py --small --out out/bench_small  # a quick check, < 20 min on 2 cores
@@ -35,7 +35,7 @@ Run it from the repository root (the configs' relative paths are relative to the
    frames 0 + 1); ``gs-dfd fit --method dff`` and ``gs-dfd fit`` (per-scene Gaussians) on each scene's whole stack.
 
 4. **Evaluation** with ``gs-dfd eval`` (range ``--min-depth``-``--max-depth``, its conventions), then
-   ``OUT/table.md`` (the markdown table for the README), ``OUT/results.json`` (every number, the hardware, the
+   ``OUT/table.md`` (the markdown comparison table), ``OUT/results.json`` (every number, the hardware, the
    commands) and ``OUT/predictions/<data set>/<method>/``, ``OUT/eval/<data set>/<method>/``. ``OUT`` is built in
    a hidden sibling and appears complete or not at all; training runs and data live outside it and survive a
    failed benchmark, so a second call continues where the first stopped.
@@ -170,7 +170,7 @@ SETTINGS = {
 
 @dataclass
 class BenchmarkConfig:
-    """Rebuild the README's comparison table from nothing: build the evaluation data from ../shared/data, train
+    """Rebuild the benchmark comparison table from nothing: build the evaluation data from ../shared/data, train
     (or reuse) gs-siamese, dered, d3net and mddnet, predict, run dff and the per-scene fit, evaluate with gs-dfd
     eval, and write OUT/table.md and OUT/results.json. Run from the repository root."""
 

@@ -4,7 +4,7 @@
     python tools/compose_weights.py --defocus-from runs/gs_siamese_nyu_reblur_ft/model.pt \\
         --depth-from runs/gs_siamese_nyu_ft/model.pt --out runs/composed.pt
 
-v2, the weights shipped before v3, was made this way (README, "The shipped checkpoint"): DepthNet reads the CoC
+v2, the weights shipped before v3, was made this way (docs/results_history.md): DepthNet reads the CoC
 map only through the lens's normalised defocus, so a DefocusNet that reads blur better can be paired with a
 DepthNet whose near/far gate behaves better on other data. The result is written in float16, atomically, with
 both sources in its ``meta``; its predictions are those of the two parts run one after the other.

@@ -1,6 +1,6 @@
 """Fit defocus-aware 3D Gaussians to all frames of a focal (or aperture) stack at once.
 
-Method (see the README for the measured effect of each part):
+Method (docs/method.md describes each part; docs/results_history.md has the measurements):
 
 1. Initialise from depth from focus (sum-modified-Laplacian argmax with
    sub-frame interpolation), median-filtered in inverse depth; colours from
@@ -128,7 +128,7 @@ class GaussianFitSettings:
     sigma_per_coc: float = LSQ_DISK_SIGMA_PER_COC
     """Blur model: Gaussian sigma (px) per CoC diameter (px). A real lens blurs with a disk; 0.25 matches the disk's
     second moment, but the least-squares Gaussian for a disk blur of natural images is wider, and a fit that
-    renders too narrow a blur reads every blurred surface as more defocused than it is (README: the fit's blur
+    renders too narrow a blur reads every blurred surface as more defocused than it is (docs/method.md: the fit's blur
     model)."""
     backend: Literal["auto", "cpu", "torch", "gsplat"] = "auto"
     """Renderer: auto = gsplat on CUDA, else the C++ cpu backend. Changes speed and float rounding only."""
@@ -400,7 +400,7 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     Why the curvature: it is what the photometric loss itself says about each Gaussian's depth, so the solve
     trades the data against the prior on the loss's own scale. A steeper function of confidence (a first choice)
     weighs half-confident Gaussians far less than their curvature does and smoothed real depth edges of textured
-    stacks. The README gives the measurements behind the weight and lambda.
+    stacks. docs/results_history.md gives the measurements behind the weight and lambda.
     """
     gh, gw = state.grid_hw
     assert state.model.n == gh * gw, (state.model.n, state.grid_hw)
