@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Rebuild the benchmark comparison table (docs/results_history.md) from nothing: data, training, predictions, evaluation.
+"""Rebuild the benchmark comparison table (docs/results_history.md) from nothing: data, training, predictions,
+evaluation.
 
     OMP_NUM_THREADS=2 python tools/benchmark.py --out out/benchmark            # full: the committed configs, hours
     OMP_NUM_THREADS=2 python tools/benchmark.py --small --out out/bench_small  # a quick check, < 20 min on 2 cores
