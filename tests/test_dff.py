@@ -8,7 +8,7 @@ import pytest
 from gs_dfd.eval.metrics import depth_metrics
 from gs_dfd.fit.dff import depth_from_focus, modified_laplacian
 from gs_dfd.optics import get_preset
-from gs_dfd.synth.layered import FrameOptics, render_focal_stack
+from gs_dfd.synth.layered import render_focal_stack
 from gs_dfd.synth.procedural import make_procedural_scene
 
 
@@ -21,8 +21,8 @@ def test_modified_laplacian_is_zero_on_flat_and_ramps():
 def test_dff_recovers_depth_of_textured_scene():
     nyu = get_preset("nyu")
     aif, depth = make_procedural_scene("planes", 192, 144, seed=4, min_depth_m=0.9, max_depth_m=3.5)
-    frames = [FrameOptics(s, nyu.f_number) for s in nyu.focus_distances_m]
-    stack = render_focal_stack(aif, depth, frames, nyu.focal_length_m, nyu.pixel_pitch_at(192))
+    lenses = [nyu.lens(s, width_px=192) for s in nyu.focus_distances_m]
+    stack = render_focal_stack(aif, depth, lenses)
     shuffled = [3, 0, 4, 1, 2]  # DFF must not depend on frame order
     res = depth_from_focus(stack[shuffled], np.array(nyu.focus_distances_m)[shuffled], window_px=5)
     m = depth_metrics(res.depth_m, depth, 0.5, 4.0)

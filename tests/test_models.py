@@ -9,6 +9,9 @@ from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetCo
 from gs_dfd.models.depth_net import DepthNetConfig
 from gs_dfd.models.registry import build_model
 from gs_dfd.models.siamese import SiameseDepthModel
+from gs_dfd.optics.thin_lens import LensBatch, ThinLens
+
+NYU_LENS_ROWS = LensBatch.from_lenses([ThinLens(0.05, 8.0, 1.0, 24e-6)]).as_rows()  # [1, 4], the networks' lens input
 
 
 def _edge_image(sigma_px: float, contrast: float = 0.8) -> torch.Tensor:
@@ -57,7 +60,7 @@ def test_reblur_sigmas_set_the_input_channels_and_round_trip():
     torch.manual_seed(0)
     cfg = DefocusNetConfig(defocus_widths=(4, 8, 8), reblur_features=True, reblur_sigmas_px=(1.0, 2.0, 4.0, 8.0))
     model = SiameseDepthModel(cfg, DepthNetConfig(depth_widths=(4, 8, 8)))
-    image, lenses = torch.rand(1, 3, 48, 64), torch.tensor([[0.05, 8.0, 24e-6, 1.0]])
+    image, lenses = torch.rand(1, 3, 48, 64), NYU_LENS_ROWS
     config = model.model_config()
     config["defocus_net"]["reblur_sigmas_px"] = list(config["defocus_net"]["reblur_sigmas_px"])  # as from JSON
     rebuilt = build_model(config)
@@ -74,9 +77,8 @@ def test_lens_input_makes_the_coc_depend_on_the_lens_and_round_trips():
     cfg = DefocusNetConfig(defocus_widths=(4, 8, 8), reblur_features=True, lens_input=True)
     model = SiameseDepthModel(cfg, DepthNetConfig(depth_widths=(4, 8, 8)))
     image = torch.rand(2, 3, 48, 64)
-    near = torch.tensor([[0.05, 8.0, 24e-6, 1.0]] * 2)
-    far = near.clone()
-    far[:, 3] = 4.0
+    near = LensBatch.from_lenses([ThinLens(0.05, 8.0, 1.0, 24e-6)] * 2).as_rows()
+    far = LensBatch.from_lenses([ThinLens(0.05, 8.0, 4.0, 24e-6)] * 2).as_rows()
     coc_near, coc_far = model(image, near)["coc"], model(image, far)["coc"]
     assert coc_near.shape == (2, 1, 48, 64)
     assert not torch.allclose(coc_near, coc_far)
@@ -159,7 +161,7 @@ def test_channels_last_inference_gives_the_nchw_results(method):
     fast = use_channels_last(copy.deepcopy(model))
     assert all(m.channels_last for m in fast.modules() if isinstance(m, UNet))
     assert not any(m.channels_last for m in model.modules() if isinstance(m, UNet))
-    image, lenses = torch.rand(1, 3, 45, 67), torch.tensor([[0.05, 8.0, 24e-6, 1.0]])
+    image, lenses = torch.rand(1, 3, 45, 67), NYU_LENS_ROWS
     with torch.no_grad():
         if method == "d3net":
             want, got = model(image)["depth"], fast(image)["depth"]
@@ -196,7 +198,7 @@ def test_each_registered_method_builds_round_trips_and_predicts(method):
     loss = spec.loss_fn()
     assert callable(loss) and loss.__module__.startswith("gs_dfd.train.")
     assert spec.supervised != spec.needs_fit
-    image, lenses = torch.rand(1, 3, 32, 40), torch.tensor([[0.05, 8.0, 24e-6, 1.0]])
+    image, lenses = torch.rand(1, 3, 32, 40), NYU_LENS_ROWS
     with torch.no_grad():
         out = spec.predict(model, image, lenses)
     assert out.depth.shape == out.coc.shape == (1, 1, 32, 40)

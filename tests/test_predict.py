@@ -11,7 +11,7 @@ import torch
 
 from gs_dfd.cli import main
 from gs_dfd.data.images import write_png
-from gs_dfd.infer.pair import coc_scale_px, fuse_pair
+from gs_dfd.infer.pair import fuse_pair
 from gs_dfd.infer.predictor import SHIPPED_WEIGHTS, Predictor
 from gs_dfd.export.camera_json import read_camera_json
 from gs_dfd.optics.thin_lens import ThinLens
@@ -151,7 +151,7 @@ def test_pair_fusion_weighs_each_frame_by_its_coc_precision():
     depth = np.random.default_rng(1).uniform(2.0, 4.0, (20, 30))  # one side of the focus plane
     coc_b_noisy = np.asarray(lb.coc_px(depth)) + 0.4
     fused = fuse_pair(depth, np.asarray(la.coc_px(depth)), la, depth, coc_b_noisy, lb)
-    alone_b = 1.0 / ((1.0 - coc_b_noisy / coc_scale_px(lb)) / lb.focus_distance_m)
+    alone_b = lb.depth_from_signed_coc_px(coc_b_noisy)  # behind the focus plane, as every depth here is
     err_fused, err_b = np.abs(1 / fused - 1 / depth), np.abs(1 / alone_b - 1 / depth)
     np.testing.assert_allclose(err_fused, (1 - w_a) * err_b, rtol=1e-3)
 
@@ -175,7 +175,7 @@ def test_composed_weights_run_one_models_defocusnet_and_the_others_depthnet(tmp_
 
     from gs_dfd.models.d3net import D3Net
     from gs_dfd.models.defocus_net import DefocusNetConfig
-    from gs_dfd.models.lens_code import lens_row
+    from gs_dfd.optics.thin_lens import LensBatch
 
     torch.manual_seed(1)
     a = SiameseDepthModel(DefocusNetConfig(reblur_features=True, defocus_global_context=True)).eval()
@@ -198,9 +198,10 @@ def test_composed_weights_run_one_models_defocusnet_and_the_others_depthnet(tmp_
     a16, b16 = Predictor(tmp_path / "a.pt").model, Predictor(tmp_path / "b.pt").model  # the float16 round trip
     x = torch.from_numpy(img).permute(2, 0, 1)[None]
     with torch.no_grad():
-        coc = a16.defocus(x, lens_row(lens)[None])
-        want = b16.depth(x, coc, lens_row(lens)[None])["depth"][0, 0].numpy()
-        other = a16.depth(x, coc, lens_row(lens)[None])["depth"][0, 0].numpy()
+        rows = LensBatch.from_lenses([lens]).as_rows()  # [1, 4]
+        coc = a16.defocus(x, rows)
+        want = b16.depth(x, coc, rows)["depth"][0, 0].numpy()
+        other = a16.depth(x, coc, rows)["depth"][0, 0].numpy()
     np.testing.assert_allclose(got.coc_px, coc[0, 0].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got.depth_m, want, rtol=1e-5, atol=1e-5)
     assert np.abs(other - want).max() > 1e-3

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from gs_dfd.optics.thin_lens import signed_coc_px
-from gs_dfd.render import LensFrame, PinholeCamera
+from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.render import PinholeCamera
 
 
 def random_scene(n: int, width: int = 64, height: int = 48, seed: int = 0, dtype=torch.float32,
@@ -31,8 +31,8 @@ def random_scene(n: int, width: int = 64, height: int = 48, seed: int = 0, dtype
 
 
 def lens_for_max_coc(max_coc_px: float, focus_m: float = 2.0, zmin: float = 1.0, zmax: float = 4.0,
-                     focal_length_m: float = 0.05, f_number: float = 2.0) -> LensFrame:
+                     focal_length_m: float = 0.05, f_number: float = 2.0) -> ThinLens:
     """Thin lens whose largest CoC over [zmin, zmax] is ``max_coc_px`` (pixel pitch chosen to fit)."""
-    c = max(abs(float(signed_coc_px(z, focal_length_m, f_number, focus_m, 1.0))) for z in (zmin, zmax))
-    return LensFrame(focal_length_m=focal_length_m, f_number=f_number, pixel_pitch_m=c / max_coc_px,
-                     focus_distance_m=focus_m)
+    metres = ThinLens(focal_length_m, f_number, focus_m, pixel_pitch_m=1.0)  # CoC in metres
+    c = max(metres.coc_px(z) for z in (zmin, zmax))
+    return ThinLens(focal_length_m, f_number, focus_m, pixel_pitch_m=c / max_coc_px)

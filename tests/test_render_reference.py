@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gs_dfd.render import LensFrame, PinholeCamera, render_defocus
+from gs_dfd.optics.thin_lens import LensBatch, LensError, ThinLens
+from gs_dfd.render import PinholeCamera, render_defocus
 from gs_dfd.render.defocus import dilate
 from gs_dfd.render.projection import project_gaussians
 from test_render_common import lens_for_max_coc, random_scene
@@ -75,7 +76,7 @@ def test_zero_coc_is_the_sharp_3dgs_render():
     np.testing.assert_allclose(out.rgb[0].numpy(), ref, atol=1e-9)
     np.testing.assert_allclose(out.alpha[0, ..., 0].numpy(), ref_alpha, atol=1e-9)
     # An in-focus thin lens (pinhole-like aperture) gives the same picture.
-    pin = LensFrame(focal_length_m=0.05, f_number=1e9, pixel_pitch_m=1e-5, focus_distance_m=2.0)
+    pin = ThinLens(focal_length_m=0.05, f_number=1e9, focus_distance_m=2.0, pixel_pitch_m=1e-5)
     out2 = render_defocus(means, quats, scales, opac, colors, cam, [pin], backend="torch")
     np.testing.assert_allclose(out2.rgb[0].numpy(), ref, atol=1e-7)
 
@@ -175,7 +176,22 @@ def test_bad_inputs_are_refused():
         render_defocus(means, quats, scales[:5], opac, colors, cam, [lens_for_max_coc(5.0)], backend="torch")
     with pytest.raises(AssertionError):
         render_defocus(means, quats, scales, opac, colors, cam, [lens_for_max_coc(5.0)], backend="nope")
-    from gs_dfd.optics.thin_lens import LensError
-    bad = LensFrame(focal_length_m=0.05, f_number=2.0, pixel_pitch_m=1e-5, focus_distance_m=0.01)
     with pytest.raises(LensError):
-        render_defocus(means, quats, scales, opac, colors, cam, [bad], backend="torch")
+        ThinLens(focal_length_m=0.05, f_number=2.0, focus_distance_m=0.01, pixel_pitch_m=1e-5)
+    bad = LensBatch.from_lenses([lens_for_max_coc(5.0)])
+    bad = LensBatch(bad.focal_length_m, bad.f_number, bad.focal_length_m * 0.2, bad.pixel_pitch_m)  # s < f
+    with pytest.raises(LensError):
+        render_defocus(means, quats, scales, opac, colors, cam, bad, backend="torch")
+
+
+def test_a_lens_batch_renders_as_the_lens_list():
+    means, quats, scales, opac, colors, cam = random_scene(80, seed=10, dtype=torch.float64)
+    lenses = [lens_for_max_coc(10.0, focus_m=fd) for fd in (1.2, 3.0)]
+    by_list = render_defocus(means, quats, scales, opac, colors, cam, lenses, backend="torch", return_coc=True)
+    batch = LensBatch.from_lenses(lenses, dtype=torch.float64)
+    by_batch = render_defocus(means, quats, scales, opac, colors, cam, batch, backend="torch", return_coc=True)
+    torch.testing.assert_close(by_batch.rgb, by_list.rgb)
+    torch.testing.assert_close(by_batch.coc_px, by_list.coc_px)
+    ok = by_list.depths > 0.01
+    want = torch.stack([torch.as_tensor(lens.coc_px(by_list.depths[ok])) for lens in lenses])
+    torch.testing.assert_close(by_list.coc_px[:, ok], want)

@@ -8,16 +8,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from gs_dfd.optics.thin_lens import signed_coc_px
-from gs_dfd.synth.layered import FrameOptics, add_sensor_noise, disk_psf, render_focal_stack
+from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.synth.layered import add_sensor_noise, disk_psf, render_focal_stack
 
 F_M, N, PITCH = 0.05, 8.0, 24e-6  # nyu lens at 320 px width
 FOCI = (1.0, 1.5, 2.5, 4.0, 6.0)
-FRAMES = [FrameOptics(s, N) for s in FOCI]
+
+
+def _lens(focus_m: float, f_number: float = N) -> ThinLens:
+    return ThinLens(F_M, f_number, focus_m, PITCH)
+
+
+FRAMES = [_lens(s) for s in FOCI]
 
 
 def _coc(depth_m: float, focus_m: float) -> float:
-    return float(signed_coc_px(depth_m, F_M, N, focus_m, PITCH))
+    return float(_lens(focus_m).signed_coc_px(depth_m))
 
 
 def _reference_blur(img: np.ndarray, diameter: float) -> np.ndarray:
@@ -85,7 +91,7 @@ def test_disk_psf_rejects_bad_input():
 @pytest.mark.parametrize("depth_m", [0.7, 3.0])
 def test_constant_depth_matches_direct_convolution(depth_m):
     aif = _texture(48, 64)
-    out = render_focal_stack(aif, np.full((48, 64), depth_m, np.float32), FRAMES, F_M, PITCH)
+    out = render_focal_stack(aif, np.full((48, 64), depth_m, np.float32), FRAMES)
     assert out.shape == (len(FRAMES), 48, 64, 3) and out.dtype == np.float32
     for i, s in enumerate(FOCI):
         ref = _reference_blur(aif, _coc(depth_m, s))
@@ -94,13 +100,13 @@ def test_constant_depth_matches_direct_convolution(depth_m):
 
 def test_plane_at_focus_is_unchanged():
     aif = _texture(40, 50, c=1)
-    out = render_focal_stack(aif, np.full((40, 50), 2.5, np.float32), [FrameOptics(2.5, N)], F_M, PITCH)
+    out = render_focal_stack(aif, np.full((40, 50), 2.5, np.float32), [_lens(2.5)])
     np.testing.assert_allclose(out[0], aif, atol=1e-6)
 
 
 def test_constant_depth_preserves_mean():
     aif = _texture(50, 70, seed=3)
-    out = render_focal_stack(aif, np.full((50, 70), 0.6, np.float32), FRAMES, F_M, PITCH)
+    out = render_focal_stack(aif, np.full((50, 70), 0.6, np.float32), FRAMES)
     for i in range(len(FRAMES)):
         np.testing.assert_allclose(out[i].mean(axis=(0, 1)), aif.mean(axis=(0, 1)), atol=1e-4)
 
@@ -108,7 +114,7 @@ def test_constant_depth_preserves_mean():
 def test_blur_grows_with_coc():
     aif = _texture(48, 48, c=1, seed=5)
     depth = 0.8
-    out = render_focal_stack(aif, np.full((48, 48), depth, np.float32), FRAMES, F_M, PITCH)
+    out = render_focal_stack(aif, np.full((48, 48), depth, np.float32), FRAMES)
     coc = np.abs([_coc(depth, s) for s in FOCI])
     hf = [float(np.abs(np.diff(o[..., 0], axis=1)).mean()) for o in out]
     order = np.argsort(coc)
@@ -133,7 +139,7 @@ def test_slanted_constant_plane_has_no_seams(q_range):
     q = _slanted_inverse_depth(h, w, q_range[1], q_range[0])
     colour = np.array([0.7, 0.4, 0.2], np.float32)
     aif = np.broadcast_to(colour, (h, w, 3)).copy()
-    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), FRAMES, F_M, PITCH)
+    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), FRAMES)
     assert np.abs(out - colour).max() < 1e-3
 
 
@@ -148,7 +154,7 @@ def test_slanted_plane_blur_follows_local_coc():
     aif = ndimage.gaussian_filter(rng.random((h, w)), 0.7)[..., None]
     aif = ((aif - aif.min()) / (aif.max() - aif.min())).astype(np.float32)
     q = np.broadcast_to(np.linspace(0.5, 1.0, w)[None, :], (h, w))
-    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), [FrameOptics(6.0, N)], F_M, PITCH)[0, ..., 0]
+    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), [_lens(6.0)])[0, ..., 0]
     candidates = np.arange(0.0, 16.0, 0.1)
     blurred = [ndimage.convolve(aif[..., 0].astype(np.float64), disk_psf(c), mode="reflect") for c in candidates]
     for col in range(20, w - 20, 15):
@@ -171,7 +177,7 @@ def test_slanted_plane_matches_local_blur_for_any_layer_step(step_px):
     aif = ndimage.gaussian_filter(rng.random((h, w)), 0.7)[..., None]
     aif = ((aif - aif.min()) / (aif.max() - aif.min())).astype(np.float32)
     q = np.broadcast_to(np.linspace(0.5, 1.0, w)[None, :], (h, w))
-    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), [FrameOptics(6.0, N)], F_M, PITCH,
+    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), [_lens(6.0)],
                              max_layer_step_px=step_px)[0, ..., 0]
     local = np.stack([_reference_blur(aif[:, :, :], _coc(1.0 / q[0, col], 6.0))[:, col, 0] for col in range(w)], axis=1)
     assert np.abs(out - local)[:, 16:-16].mean() < 0.0035
@@ -191,7 +197,7 @@ def test_uniform_scene_stays_uniform_for_any_depth(seed, style, grey):
     else:
         q = 0.25 + 1.75 * ndimage.gaussian_filter(rng.random((h, w)), 2.0, mode="wrap")
     aif = np.full((h, w, 1), grey, np.float32)
-    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), FRAMES, F_M, PITCH)
+    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), FRAMES)
     assert np.abs(out - np.float32(grey)).max() < 1e-5
 
 
@@ -213,7 +219,7 @@ def _square_scene(fg_depth: float, bg_depth: float, fg_value: float, bg_value: f
 def test_sharp_foreground_does_not_bleed_into_blurred_background():
     aif, depth, mask = _square_scene(fg_depth=1.0, bg_depth=4.0, fg_value=1.0, bg_value=0.0)
     # focus on the square: background CoC is about 10 px
-    out = render_focal_stack(aif, depth, [FrameOptics(1.0, N)], F_M, PITCH)[0, ..., 0]
+    out = render_focal_stack(aif, depth, [_lens(1.0)])[0, ..., 0]
     assert abs(_coc(4.0, 1.0)) > 8
     assert out[~mask].max() < 1e-3  # not even the pixel next to the edge
     np.testing.assert_allclose(out[mask], 1.0, atol=1e-4)
@@ -223,7 +229,7 @@ def test_small_depth_gap_still_occludes():
     """A depth step smaller than a slab (1.5 px of CoC) is still an occlusion, not a blend."""
     bg_depth = 1.0 / (1.0 - 1.5 / _coc(1e9, 1.0))  # CoC 1.5 px when focused at 1 m
     aif, depth, mask = _square_scene(fg_depth=1.0, bg_depth=bg_depth, fg_value=1.0, bg_value=0.0)
-    out = render_focal_stack(aif, depth, [FrameOptics(1.0, N)], F_M, PITCH)[0, ..., 0]
+    out = render_focal_stack(aif, depth, [_lens(1.0)])[0, ..., 0]
     assert abs(_coc(bg_depth, 1.0) - 1.5) < 1e-6
     assert out[~mask].max() < 1e-3
     np.testing.assert_allclose(out[mask], 1.0, atol=1e-4)
@@ -240,7 +246,7 @@ def test_occluder_detected_without_depth_gap():
     mask[6:22, 28:52] = True
     q[mask] = 1.0
     aif[mask] = 1.0
-    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), [FrameOptics(1.0, N)], F_M, PITCH)[0, ..., 0]
+    out = render_focal_stack(aif, (1.0 / q).astype(np.float32), [_lens(1.0)])[0, ..., 0]
     assert abs(_coc(1.0 / q[10, 0], 1.0)) > 8  # the background beside the square is blurred
     assert out[~mask].max() < 1e-3
     np.testing.assert_allclose(out[mask], 1.0, atol=1e-4)
@@ -249,14 +255,14 @@ def test_occluder_detected_without_depth_gap():
 def test_hidden_background_is_filled_with_background():
     """Textured background behind a sharp occluder: the occluder's rim shows background, not black."""
     aif, depth, mask = _square_scene(fg_depth=1.0, bg_depth=4.0, fg_value=0.5, bg_value=0.8)
-    out = render_focal_stack(aif, depth, [FrameOptics(1.0, N)], F_M, PITCH)[0, ..., 0]
+    out = render_focal_stack(aif, depth, [_lens(1.0)])[0, ..., 0]
     np.testing.assert_allclose(out[~mask], 0.8, atol=1e-3)
     np.testing.assert_allclose(out[mask], 0.5, atol=1e-3)
 
 
 def test_blurred_foreground_spreads_over_sharp_background():
     aif, depth, mask = _square_scene(fg_depth=1.0, bg_depth=4.0, fg_value=1.0, bg_value=0.0)
-    out = render_focal_stack(aif, depth, [FrameOptics(4.0, N)], F_M, PITCH)[0, ..., 0]
+    out = render_focal_stack(aif, depth, [_lens(4.0)])[0, ..., 0]
     radius = abs(_coc(1.0, 4.0)) / 2
     dist_out = ndimage.distance_transform_edt(~mask)
     ring = (dist_out > 0) & (dist_out < radius - 1)
@@ -275,7 +281,7 @@ def test_blurred_foreground_spreads_over_sharp_background():
 def test_input_validation():
     aif = _texture(10, 12)
     depth = np.ones((10, 12), np.float32)
-    ok = dict(frames=FRAMES, focal_length_m=F_M, pixel_pitch_m=PITCH)
+    ok = dict(lenses=FRAMES)
     with pytest.raises(ValueError, match=r"aif must have shape"):
         render_focal_stack(aif[..., :2], depth, **ok)
     with pytest.raises(ValueError, match=r"aif must have shape"):
@@ -296,21 +302,21 @@ def test_input_validation():
     img[0, 0, 0] = np.inf
     with pytest.raises(ValueError, match=r"aif must be finite"):
         render_focal_stack(img, depth, **ok)
-    with pytest.raises(ValueError, match=r"frames must hold"):
-        render_focal_stack(aif, depth, [], F_M, PITCH)
-    with pytest.raises(ValueError, match=r"frames\[0\] must be a FrameOptics"):
-        render_focal_stack(aif, depth, [(1.0, 8.0)], F_M, PITCH)
+    with pytest.raises(ValueError, match=r"lenses must hold"):
+        render_focal_stack(aif, depth, [])
+    with pytest.raises(ValueError, match=r"lenses\[0\] must be a ThinLens"):
+        render_focal_stack(aif, depth, [(1.0, 8.0)])
     with pytest.raises(ValueError, match=r"focus_distance_m must be greater than focal_length_m"):
-        render_focal_stack(aif, depth, [FrameOptics(0.01, N)], F_M, PITCH)
+        render_focal_stack(aif, depth, [_lens(0.01)])
     with pytest.raises(ValueError, match=r"f_number"):
-        render_focal_stack(aif, depth, [FrameOptics(1.0, 0.0)], F_M, PITCH)
+        render_focal_stack(aif, depth, [_lens(1.0, 0.0)])
     with pytest.raises(ValueError, match=r"max_layer_step_px"):
-        render_focal_stack(aif, depth, FRAMES, F_M, PITCH, max_layer_step_px=0.0)
+        render_focal_stack(aif, depth, FRAMES, max_layer_step_px=0.0)
 
 
 def test_grayscale_and_float64_inputs():
     aif = _texture(20, 24, c=1).astype(np.float64)
-    out = render_focal_stack(aif, np.full((20, 24), 2.0), FRAMES[:2], F_M, PITCH)
+    out = render_focal_stack(aif, np.full((20, 24), 2.0), FRAMES[:2])
     assert out.shape == (2, 20, 24, 1) and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
 

@@ -22,7 +22,7 @@ import torch
 
 from gs_dfd.cli import run_tool
 from gs_dfd.console import console
-from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.optics.presets import get_preset
 
 
 @dataclass
@@ -53,7 +53,7 @@ def main(cfg: BenchPredictConfig) -> int:
     if cfg.compare_layouts:
         predictors["NCHW (training's layout)"] = Predictor(cfg.checkpoint, channels_last=False)
     img = np.random.default_rng(0).random((cfg.height, cfg.width, 3)).astype(np.float32)
-    lens = ThinLens(0.05, 8.0, 1.0, 12e-6 * 640 / cfg.width)
+    lens = get_preset("nyu").lens(1.0, width_px=cfg.width)
     for p in predictors.values():
         for _ in range(3):
             p.predict(img, lens)

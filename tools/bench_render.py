@@ -47,8 +47,8 @@ def _reset_peak() -> bool:
 def build_scene(n: int, width: int, height: int, defocus: bool, seed: int = 0):
     """Random Gaussians of 0.5-3 px filling the frustum at 1-4 m; defocused: CoC up to 15 px."""
     import torch
-    from gs_dfd.optics.thin_lens import signed_coc_px
-    from gs_dfd.render import LensFrame, PinholeCamera
+    from gs_dfd.optics.thin_lens import ThinLens
+    from gs_dfd.render import PinholeCamera
 
     g = torch.Generator().manual_seed(seed)
     f = 0.9 * width
@@ -64,11 +64,11 @@ def build_scene(n: int, width: int, height: int, defocus: bool, seed: int = 0):
     colors = torch.rand(n, 3, generator=g)
     focal, fnum, focus = 0.05, 2.0, 2.0
     if defocus:
-        cmax = max(abs(float(signed_coc_px(d, focal, fnum, focus, 1.0))) for d in (1.0, 4.0))
+        cmax = ThinLens(focal, fnum, focus, pixel_pitch_m=1.0).coc_px_range(1.0, 4.0)[1]  # CoC in metres
         pitch = cmax / 15.0
     else:
         fnum, pitch = 1e6, 1e-5  # pinhole-like: CoC ~ 0
-    lens = LensFrame(focal_length_m=focal, f_number=fnum, pixel_pitch_m=pitch, focus_distance_m=focus)
+    lens = ThinLens(focal_length_m=focal, f_number=fnum, focus_distance_m=focus, pixel_pitch_m=pitch)
     return (means, quats, scales, opac, colors), cam, [lens]
 
 

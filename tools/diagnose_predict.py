@@ -66,8 +66,7 @@ def diagnose_scene(pred_dir: Path, scene_dir: Path, lo: float, hi: float) -> dic
     valid = np.isfinite(gt) & (gt > lo) & (gt < hi)
     true_coc = np.zeros_like(coc)
     true_coc[valid] = lens.coc_px(gt[valid])
-    far = lens.depth_from_signed_coc_px(coc)  # inf beyond the infinity CoC: scored as the far end, as eval does
-    near = lens.depth_from_signed_coc_px(-coc)
+    near, far = lens.depths_from_coc_px(coc)  # far: inf beyond the infinity CoC, scored as the far end as eval does
     true_side = np.where(gt < lens.focus_distance_m, near, far)
 
     def abs_rel(p: np.ndarray) -> float:

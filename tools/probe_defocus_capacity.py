@@ -26,7 +26,6 @@ from gs_dfd.cli import run_tool
 from gs_dfd.console import console
 from gs_dfd.errors import InputError
 from gs_dfd.models.defocus_net import REBLUR_SIGMAS_PX, DefocusNet, DefocusNetConfig
-from gs_dfd.models.lens_code import coc_px_from_depth
 from gs_dfd.models.unet import count_parameters
 from gs_dfd.train.data import TrainScene, find_scenes, load_train_scene
 from gs_dfd.utils.atomic import write_json_atomic
@@ -63,7 +62,7 @@ class ProbeConfig:
 def _coc_target(scene: TrainScene, frame: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The thin-lens CoC of depth_gt ``[1, 1, H, W]`` px and its validity mask."""
     depth = scene.depth_gt[None, None]
-    return coc_px_from_depth(depth.clamp_min(1e-3), scene.lenses[frame:frame + 1]), (depth > 0).float()
+    return scene.scene.lens(frame).coc_px(depth.clamp_min(1e-3)), (depth > 0).float()
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from gs_dfd.data.scene import Camera, load_scene
 from gs_dfd.errors import InputError
 from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.optics.presets import PRESETS, get_preset
-from gs_dfd.optics.thin_lens import LensError, ThinLens, check_lens
+from gs_dfd.optics.thin_lens import LensError, ThinLens
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
 from gs_dfd.utils.outputs import OutputDir
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
@@ -127,7 +127,7 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
     preset = get_preset(cfg.camera)
     f_number = preset.f_number if cfg.f_number is None else cfg.f_number
     try:  # the thin lens's own rules, checked once before any image is read, reported against the flags
-        check_lens(preset.focal_length_m, f_number, cfg.focus_distance_m)
+        preset.lens(cfg.focus_distance_m, f_number)
     except LensError as exc:
         raise InputError(None, f"{exc} (--camera {cfg.camera})", "--focus-distance-m/--f-number") from None
     if cfg.image.is_dir():
@@ -155,7 +155,7 @@ def _inputs(cfg: PredictConfig) -> list[_Input]:
         h, w = img.shape[:2]
         camera = Camera(width=w, height=h, **preset.intrinsics(w, h), focal_length_m=preset.focal_length_m,
                         f_number=f_number, pixel_pitch_m=preset.pixel_pitch_at(w))
-        lens = ThinLens(camera.focal_length_m, camera.f_number, cfg.focus_distance_m, camera.pixel_pitch_m)
+        lens = camera.lens(cfg.focus_distance_m)
         inputs.append(_Input(name=f.stem if len(files) > 1 or cfg.image.is_dir() else "", image=img, camera=camera,
                              lens=lens, world_to_cam=np.eye(4), source=str(f)))
     return inputs

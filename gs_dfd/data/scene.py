@@ -70,6 +70,11 @@ class Camera:
     def intrinsics_matrix(self) -> np.ndarray:  # [3, 3]
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
+    def lens(self, focus_distance_m: float, f_number: float | None = None) -> ThinLens:
+        """This camera's thin lens focused at ``focus_distance_m`` (``f_number`` None: the camera's)."""
+        return ThinLens(focal_length_m=self.focal_length_m, f_number=self.f_number if f_number is None else f_number,
+                        focus_distance_m=focus_distance_m, pixel_pitch_m=self.pixel_pitch_m)
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -109,12 +114,7 @@ class Scene:
 
     def lens(self, i: int) -> ThinLens:
         """The thin lens of frame ``i`` (its own focus distance and f-number)."""
-        return ThinLens(
-            focal_length_m=self.camera.focal_length_m,
-            f_number=self.f_number(i),
-            focus_distance_m=self.frames[i].focus_distance_m,
-            pixel_pitch_m=self.camera.pixel_pitch_m,
-        )
+        return self.camera.lens(self.frames[i].focus_distance_m, self.frames[i].f_number)
 
     def world_to_cam(self, i: int) -> np.ndarray:  # [4, 4]
         w2c = self.frames[i].world_to_cam

@@ -22,11 +22,6 @@ import numpy as np
 from gs_dfd.optics.thin_lens import ThinLens
 
 
-def coc_scale_px(lens: ThinLens) -> float:
-    """``K``: the CoC in pixels of a point at infinity."""
-    return lens.aperture_m * lens.focal_length_m / ((lens.focus_distance_m - lens.focal_length_m) * lens.pixel_pitch_m)
-
-
 def fuse_pair(depth_a: np.ndarray, coc_a: np.ndarray, lens_a: ThinLens, depth_b: np.ndarray, coc_b: np.ndarray,
               lens_b: ThinLens, max_disagreement_px: float = 1.5, max_log_change: float = 0.5) -> np.ndarray:
     """All maps ``[H, W]``; returns depth ``[H, W]`` float32 (metres).
@@ -37,16 +32,14 @@ def fuse_pair(depth_a: np.ndarray, coc_a: np.ndarray, lens_a: ThinLens, depth_b:
     """
     assert depth_a.shape == coc_a.shape == depth_b.shape == coc_b.shape, (depth_a.shape, coc_b.shape)
     lenses = (lens_a, lens_b)
-    scales_px = [coc_scale_px(lens) for lens in lenses]
-    q_per_px = [1.0 / (k * lens.focus_distance_m) for k, lens in zip(scales_px, lenses)]
+    q_per_px = [1.0 / lens.coc_px_per_dioptre for lens in lenses]
     w_a = q_per_px[1] ** 2 / (q_per_px[0] ** 2 + q_per_px[1] ** 2)  # precision weight of frame a
     w_b = 1.0 - w_a
     prior_q = np.exp(-(w_a * np.log(depth_a) + w_b * np.log(depth_b)))
     q_noise = float(np.hypot(*q_per_px))
-    cands = []
-    for coc, k, lens in zip((coc_a, coc_b), scales_px, lenses):
-        ratio = coc / k
-        cands.append([(1.0 - ratio) / lens.focus_distance_m, (1.0 + ratio) / lens.focus_distance_m])
+    # Each frame's two inverse depths: behind the focus plane (signed CoC +c), in front (-c).
+    cands = [[lens.inverse_depth_from_signed_coc_px(coc), lens.inverse_depth_from_signed_coc_px(-coc)]
+             for coc, lens in zip((coc_a, coc_b), lenses)]
     # Of the candidate pairs that agree and stay near the networks' depth, the one that agrees best. An aperture
     # pair's near and far candidates agree exactly equally well; the tie-break term (at most 0.0005 px) lets
     # the networks' side decide there.

@@ -26,10 +26,9 @@ import torch
 from gs_dfd.errors import InputError
 from gs_dfd.infer.pair import fuse_pair
 from gs_dfd.models.checkpoint_io import model_from_checkpoint
-from gs_dfd.models.lens_code import lens_row
 from gs_dfd.models.registry import get_method, method_of
 from gs_dfd.models.unet import use_channels_last
-from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.optics.thin_lens import LensBatch, ThinLens
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "gs_siamese_nyu.pt"
 
@@ -78,7 +77,7 @@ class Predictor:
         assert mc_samples is None or mc_samples >= 1, mc_samples
         rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-        lenses = lens_row(lens)[None]  # [1, 4]
+        lenses = LensBatch.from_lenses([lens]).as_rows()  # [1, 4]
         t0 = time.perf_counter()
         out = self.spec.predict(self.model, x, lenses, mc_samples)
         seconds = time.perf_counter() - t0

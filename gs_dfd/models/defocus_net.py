@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gs_dfd.models.lens_code import coc_scale_px, focus_m
+from gs_dfd.models.lens_code import lens_channels
 from gs_dfd.models.unet import UNet
 
 
@@ -100,13 +100,6 @@ def reblur_features(image: Tensor, sigmas_px: tuple[float, ...] = REBLUR_SIGMAS_
         pooled = _box(energies, k) + 1e-7
         feats.append(torch.log(pooled[:, :1] / pooled[:, 1:]))
     return torch.cat(feats, 1) / 2.0  # roughly unit scale
-
-
-def lens_channels(lenses: Tensor, hw: tuple[int, int]) -> Tensor:
-    """lenses ``[B, 4]`` -> ``[B, 2, H, W]``: log focus distance (m) and log(K / 10 px), constant per image."""
-    b = lenses.shape[0]
-    consts = torch.stack([torch.log(focus_m(lenses)), torch.log(coc_scale_px(lenses) / 10.0)], 1)
-    return consts.view(b, 2, 1, 1).expand(b, 2, *hw)
 
 
 def standardise(image: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 The camera is explicit. The network never sees pixels of blur directly: it
 reads the normalised defocus ``c / K = |1 - s/d|`` (see
-:mod:`gs_dfd.models.lens_code`), whose two thin-lens solutions are
+:class:`gs_dfd.optics.LensBatch`), whose two thin-lens solutions are
 ``s/d = 1 - c/K`` (behind the focus plane) and ``s/d = 1 + c/K`` (in front).
 The network picks between them per pixel (``tanh`` gate: +1 far, -1 near),
 from context, and adds a bounded correction where the CoC is unreliable
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gs_dfd.models.defocus_net import lens_channels, standardise
-from gs_dfd.models.lens_code import coc_scale_px, focus_m
+from gs_dfd.models.defocus_net import standardise
+from gs_dfd.models.lens_code import lens_channels
 from gs_dfd.models.unet import UNet
+from gs_dfd.optics.thin_lens import LensBatch
 
 
 @dataclass
@@ -53,8 +54,9 @@ class DepthNet(nn.Module):
         b, _, h, w = image.shape
         assert coc_px.shape == (b, 1, h, w), coc_px.shape
         assert lenses.shape == (b, 4), lenses.shape
-        k = coc_scale_px(lenses).view(b, 1, 1, 1)
-        s = focus_m(lenses).view(b, 1, 1, 1)
+        lens = LensBatch.from_rows(lenses)
+        k = lens.coc_scale_px.view(b, 1, 1, 1)
+        s = lens.focus_distance_m.view(b, 1, 1, 1)
         defocus = (coc_px / k).clamp_max(3.0)  # |1 - s/d|
         x = torch.cat([standardise(image), defocus, lens_channels(lenses, (h, w))], 1)
         out = self.unet(F.avg_pool2d(x, 2, ceil_mode=True))

@@ -1,9 +1,10 @@
-"""Lenses as tensors, so a batch can mix cameras and focus distances.
+"""The lens as the networks take it: packed rows ``[B, 4]`` (columns: :meth:`gs_dfd.optics.LensBatch.as_rows`).
 
-A lens row is ``(focal_length_m, f_number, pixel_pitch_m, focus_distance_m)``.
-The signed thin-lens CoC in pixels is ``K * (1 - s / d)`` with
-``K = A f / ((s - f) p)``: dividing a CoC map by ``K`` gives a camera-free
-quantity, ``|1 - s/d|``, which is what DepthNet reads.
+A model's forward takes ``lenses`` ``[B, 4]`` so a batch can mix cameras and
+focus distances and a checkpoint's interface stays one plain tensor; every
+quantity is read back through :class:`~gs_dfd.optics.LensBatch`, which owns
+the thin-lens formulas. The networks never see the raw columns: they see
+``c / K = |1 - s / d|`` (a camera-free defocus) and :func:`lens_channels`.
 """
 
 from __future__ import annotations
@@ -11,27 +12,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gs_dfd.optics.thin_lens import ThinLens
+from gs_dfd.optics.thin_lens import LensBatch
 
 
-def lens_row(lens: ThinLens) -> Tensor:  # [4]
-    return torch.tensor([lens.focal_length_m, lens.f_number, lens.pixel_pitch_m, lens.focus_distance_m],
-                        dtype=torch.float32)
-
-
-def coc_scale_px(lenses: Tensor) -> Tensor:  # [B]
-    """``K``: the CoC (pixels) of a point at infinity, i.e. ``|c_px|`` as ``d -> inf``."""
-    assert lenses.dim() == 2 and lenses.shape[1] == 4, lenses.shape
-    f, n, p, s = lenses.unbind(1)
-    return (f / n) * f / ((s - f) * p)
-
-
-def focus_m(lenses: Tensor) -> Tensor:  # [B]
-    return lenses[:, 3]
+def lens_channels(lenses: Tensor, hw: tuple[int, int]) -> Tensor:
+    """lenses ``[B, 4]`` -> ``[B, 2, H, W]``: log focus distance (m) and log(K / 10 px), constant per image."""
+    lb = LensBatch.from_rows(lenses)
+    b = len(lb)
+    consts = torch.stack([torch.log(lb.focus_distance_m), torch.log(lb.coc_scale_px / 10.0)], 1)  # [B, 2]
+    return consts.view(b, 2, 1, 1).expand(b, 2, *hw)
 
 
 def coc_px_from_depth(depth_m: Tensor, lenses: Tensor) -> Tensor:
-    """Unsigned CoC (pixels) of depth maps ``[B, 1, H, W]`` under each row's lens, differentiable."""
-    k = coc_scale_px(lenses).view(-1, 1, 1, 1)
-    s = focus_m(lenses).view(-1, 1, 1, 1)
-    return k * (1.0 - s / depth_m).abs()
+    """Unsigned thin-lens CoC (px) of depth maps ``[B, 1, H, W]`` under each row's lens ``[B, 4]``, differentiable."""
+    assert depth_m.dim() == 4 and lenses.shape == (depth_m.shape[0], 4), (depth_m.shape, lenses.shape)
+    return LensBatch.from_rows(lenses).coc_px(depth_m)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gs_dfd.optics.thin_lens import check_lens
+from gs_dfd.optics.thin_lens import ThinLens
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,12 @@ class CameraPreset:
         pitch = self.pixel_pitch_at(width_px)
         fx = self.focal_length_m / pitch
         return {"fx": fx, "fy": fx, "cx": width_px / 2.0, "cy": height_px / 2.0}
+
+    def lens(self, focus_distance_m: float, f_number: float | None = None, width_px: int | None = None) -> ThinLens:
+        """The preset's lens focused at ``focus_distance_m`` (``f_number`` None: the preset's), with the pixel
+        pitch of images ``width_px`` wide (None: the reference width). Raises ``LensError`` on bad values."""
+        pitch = self.pixel_pitch_m if width_px is None else self.pixel_pitch_at(width_px)
+        return ThinLens(self.focal_length_m, self.f_number if f_number is None else f_number, focus_distance_m, pitch)
 
 
 PRESETS: dict[str, CameraPreset] = {
@@ -73,7 +79,7 @@ PRESETS: dict[str, CameraPreset] = {
 
 for _p in PRESETS.values():
     for _s in _p.focus_distances_m:
-        check_lens(_p.focal_length_m, _p.f_number, _s, _p.pixel_pitch_m)
+        _p.lens(_s)  # every preset focus distance is a valid lens
 
 
 def get_preset(name: str) -> CameraPreset:

@@ -1,36 +1,34 @@
-"""Thin-lens circle of confusion (CoC): the one place the optics live.
+"""The thin lens: the one place the circle of confusion (CoC) is derived.
 
 Notation (SI units, metres): focal length ``f``, f-number ``N`` (aperture
 diameter ``A = f / N``), focus distance ``s``, object depth ``d``, sensor pixel
-pitch ``p``.
+pitch ``p``. Everything follows from one constant per lens,
 
-    CoC diameter on the sensor   c(d)      = A f |d - s| / (d (s - f))
-    signed form                  c_signed  = A f / (s - f) * (1 - s / d)
-    in pixels                    c_px      = c / p
+    K = A f / ((s - f) p)          the CoC (px) of a point at infinity
+    c_signed(d) = K (1 - s / d)    signed CoC diameter (px): < 0 in front of focus, > 0 behind
+    c(d) = |c_signed(d)|           unsigned CoC diameter (px)
 
-``c_signed`` is negative in front of the focus plane and positive behind it;
-it is affine in inverse depth, so depth is recovered from it exactly. The
-unsigned CoC has a near/far ambiguity around ``s`` that a second focus
-distance (or a prior) resolves.
+``c_signed`` is affine in inverse depth ``q = 1 / d`` (slope ``-K s`` px per
+dioptre), so depth is recovered from it exactly: ``q = (1 - c / K) / s``. The
+unsigned CoC allows two depths, one on either side of the focus plane; a
+second frame (or a prior) picks one.
 
-Every function accepts Python floats, NumPy arrays or torch tensors for the
-depth / CoC argument (the lens values may be floats or broadcastable arrays)
-and keeps the type it was given, so the same code serves data synthesis
-(NumPy), rendering (torch, differentiable) and the CLI.
+Two forms, same field names and the same formulas (the private functions
+below): :class:`ThinLens` is one lens of Python floats (scene files, the CLI,
+NumPy synthesis), :class:`LensBatch` is ``B`` lenses as ``[B]`` tensors
+(networks, the renderer, the fit's learnable lens). This module imports
+nothing else of the project.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
-
-try:  # torch is a hard dependency of the package; keep this module importable without it.
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None  # type: ignore[assignment]
+import torch
+from torch import Tensor
 
 # Ratio sigma / CoC-diameter of the Gaussian whose second moment matches a
 # uniform disk: a disk of radius R has per-axis variance R^2 / 4, so
@@ -48,29 +46,33 @@ class LensError(ValueError):
     """A lens value is outside the range where the thin-lens model holds."""
 
 
-def _is_tensor(x: Any) -> bool:
-    return torch is not None and isinstance(x, torch.Tensor)
+# --------------------------------------------------------------------------- validation
 
 
-def _check_positive(name: str, value: Any) -> None:
-    v = value.detach().cpu().numpy() if _is_tensor(value) else np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise LensError(f"{name} must be finite and > 0 (got {_fmt(v)})")
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
 def _fmt(v: np.ndarray) -> str:
     v = np.asarray(v)
-    return f"{float(v):g}" if v.size == 1 else f"values in [{np.nanmin(v):g}, {np.nanmax(v):g}]"
+    return f"{v.item():g}" if v.size == 1 else f"values in [{np.nanmin(v):g}, {np.nanmax(v):g}]"
+
+
+def _check_positive(name: str, value: Any) -> None:
+    v = _as_numpy(value)
+    if not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise LensError(f"{name} must be finite and > 0 (got {_fmt(v)})")
 
 
 def check_lens(focal_length_m: Any, f_number: Any, focus_distance_m: Any, pixel_pitch_m: Any = 1.0) -> None:
-    """Refuse lens values where the thin-lens formulas are meaningless."""
+    """Refuse lens values where the thin-lens formulas are meaningless (floats, arrays or tensors)."""
     _check_positive("focal_length_m", focal_length_m)
     _check_positive("f_number", f_number)
     _check_positive("pixel_pitch_m", pixel_pitch_m)
     _check_positive("focus_distance_m", focus_distance_m)
-    f = np.asarray(focal_length_m.detach().cpu() if _is_tensor(focal_length_m) else focal_length_m, dtype=np.float64)
-    s = np.asarray(focus_distance_m.detach().cpu() if _is_tensor(focus_distance_m) else focus_distance_m, dtype=np.float64)
+    f, s = _as_numpy(focal_length_m), _as_numpy(focus_distance_m)
     if np.any(s <= f):
         raise LensError(
             f"focus_distance_m must be greater than focal_length_m (got s = {_fmt(s)} m, f = {_fmt(f)} m)"
@@ -78,7 +80,7 @@ def check_lens(focal_length_m: Any, f_number: Any, focus_distance_m: Any, pixel_
 
 
 def _check_depth(depth_m: Any) -> None:
-    if _is_tensor(depth_m):
+    if isinstance(depth_m, Tensor):
         bad = bool((~(depth_m > 0)).any())  # also catches NaN
     else:
         bad = bool(np.any(~(np.asarray(depth_m, dtype=np.float64) > 0)))
@@ -86,68 +88,34 @@ def _check_depth(depth_m: Any) -> None:
         raise LensError("depth_m must be > 0 everywhere (NaN, zero or negative depth given)")
 
 
-def coc_scale_m(focal_length_m: Any, f_number: Any, focus_distance_m: Any) -> Any:
-    """``A f / (s - f)``: the CoC diameter (metres) of a point at infinite depth."""
-    aperture_m = focal_length_m / f_number
-    return aperture_m * focal_length_m / (focus_distance_m - focal_length_m)
+# --------------------------------------------------------------------------- the formulas (floats, arrays, tensors)
 
 
-def signed_coc_m(depth_m: Any, focal_length_m: Any, f_number: Any, focus_distance_m: Any, validate: bool = True) -> Any:
-    """Signed CoC diameter on the sensor in metres: < 0 in front of focus, > 0 behind."""
-    if validate:
-        check_lens(focal_length_m, f_number, focus_distance_m)
-        _check_depth(depth_m)
-    return coc_scale_m(focal_length_m, f_number, focus_distance_m) * (1.0 - focus_distance_m / depth_m)
+def _coc_scale_px(focal_length_m: Any, f_number: Any, focus_distance_m: Any, pixel_pitch_m: Any) -> Any:
+    """``K = A f / ((s - f) p)``, ``A = f / N``."""
+    f = focal_length_m
+    return (f / f_number) * f / ((focus_distance_m - f) * pixel_pitch_m)
 
 
-def coc_m(depth_m: Any, focal_length_m: Any, f_number: Any, focus_distance_m: Any, validate: bool = True) -> Any:
-    """Unsigned CoC diameter on the sensor in metres."""
-    return abs(signed_coc_m(depth_m, focal_length_m, f_number, focus_distance_m, validate))
+def _signed_coc_px(depth_m: Any, k_px: Any, focus_distance_m: Any) -> Any:
+    """``K (1 - s / d)``."""
+    return k_px * (1.0 - focus_distance_m / depth_m)
 
 
-def signed_coc_px(
-    depth_m: Any, focal_length_m: Any, f_number: Any, focus_distance_m: Any, pixel_pitch_m: Any, validate: bool = True
-) -> Any:
-    """Signed CoC diameter in pixels of the stored image."""
-    if validate:
-        _check_positive("pixel_pitch_m", pixel_pitch_m)
-    return signed_coc_m(depth_m, focal_length_m, f_number, focus_distance_m, validate) / pixel_pitch_m
+def _inverse_depth_from_signed_coc_px(coc_signed_px: Any, k_px: Any, focus_distance_m: Any) -> Any:
+    """``q = (1 - c / K) / s``: exact, and <= 0 where no finite depth gives that CoC."""
+    return (1.0 - coc_signed_px / k_px) / focus_distance_m
 
 
-def coc_px(
-    depth_m: Any, focal_length_m: Any, f_number: Any, focus_distance_m: Any, pixel_pitch_m: Any, validate: bool = True
-) -> Any:
-    """Unsigned CoC diameter in pixels of the stored image."""
-    return abs(signed_coc_px(depth_m, focal_length_m, f_number, focus_distance_m, pixel_pitch_m, validate))
-
-
-def depth_from_signed_coc_m(
-    coc_signed_m: Any, focal_length_m: Any, f_number: Any, focus_distance_m: Any, validate: bool = True
-) -> Any:
-    """Invert :func:`signed_coc_m`: ``d = s / (1 - c / (A f / (s - f)))``.
-
-    Signed CoCs at or above the infinity CoC ``A f / (s - f)`` have no finite
-    depth; they map to ``inf`` (NumPy) or raise nothing and give ``inf`` (torch).
-    """
-    if validate:
-        check_lens(focal_length_m, f_number, focus_distance_m)
-    inverse_depth = (1.0 - coc_signed_m / coc_scale_m(focal_length_m, f_number, focus_distance_m)) / focus_distance_m
-    if _is_tensor(inverse_depth):
-        return torch.where(inverse_depth > 0, 1.0 / inverse_depth.clamp_min(1e-30), torch.full_like(inverse_depth, math.inf))
-    inverse_depth = np.asarray(inverse_depth, dtype=np.float64)
+def _depth_from_inverse_depth(inverse_depth: Any) -> Any:
+    """``1 / q``, ``inf`` where ``q <= 0`` (a CoC at or beyond the infinity CoC)."""
+    if isinstance(inverse_depth, Tensor):
+        return torch.where(inverse_depth > 0, 1.0 / inverse_depth.clamp_min(1e-30),
+                           torch.full_like(inverse_depth, math.inf))
+    q = np.asarray(inverse_depth, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        out = np.where(inverse_depth > 0, 1.0 / np.where(inverse_depth > 0, inverse_depth, 1.0), np.inf)
+        out = np.where(q > 0, 1.0 / np.where(q > 0, q, 1.0), np.inf)
     return out if out.ndim else float(out)
-
-
-def depth_from_signed_coc_px(
-    coc_signed_px: Any, focal_length_m: Any, f_number: Any, focus_distance_m: Any, pixel_pitch_m: Any,
-    validate: bool = True,
-) -> Any:
-    """Invert :func:`signed_coc_px`."""
-    if validate:
-        _check_positive("pixel_pitch_m", pixel_pitch_m)
-    return depth_from_signed_coc_m(coc_signed_px * pixel_pitch_m, focal_length_m, f_number, focus_distance_m, validate)
 
 
 def blur_sigma_px(coc_diameter_px: Any, sigma_per_coc: float = DISK_SIGMA_PER_COC) -> Any:
@@ -161,9 +129,17 @@ def blur_sigma_px(coc_diameter_px: Any, sigma_per_coc: float = DISK_SIGMA_PER_CO
     return sigma_per_coc * abs(coc_diameter_px)
 
 
+# --------------------------------------------------------------------------- one lens
+
+
 @dataclass(frozen=True)
 class ThinLens:
-    """A thin lens focused at ``focus_distance_m`` in front of a pixel sensor."""
+    """A thin lens focused at ``focus_distance_m`` in front of a pixel sensor; validated on creation.
+
+    The CoC methods take a float, a NumPy array or a torch tensor of depths
+    (any shape) and return the same type, so one lens serves synthesis
+    (NumPy), the CLI and tests; depths must be > 0 (``LensError`` otherwise).
+    """
 
     focal_length_m: float
     f_number: float
@@ -175,25 +151,43 @@ class ThinLens:
 
     @property
     def aperture_m(self) -> float:
+        """Aperture diameter ``A = f / N``."""
         return self.focal_length_m / self.f_number
+
+    @property
+    def coc_scale_px(self) -> float:
+        """``K = A f / ((s - f) p)``: the CoC (px) of a point at infinity; ``c_signed = K (1 - s / d)``."""
+        return _coc_scale_px(self.focal_length_m, self.f_number, self.focus_distance_m, self.pixel_pitch_m)
+
+    @property
+    def coc_px_per_dioptre(self) -> float:
+        """``K s = -d c_signed / d(1/d)``: pixels of CoC per dioptre of inverse-depth change."""
+        return self.coc_scale_px * self.focus_distance_m
 
     def with_focus(self, focus_distance_m: float) -> "ThinLens":
         return replace(self, focus_distance_m=focus_distance_m)
 
     def signed_coc_px(self, depth_m: Any) -> Any:
-        return signed_coc_px(depth_m, self.focal_length_m, self.f_number, self.focus_distance_m, self.pixel_pitch_m)
+        """Signed CoC diameter (px): < 0 in front of the focus plane, > 0 behind it."""
+        _check_depth(depth_m)
+        return _signed_coc_px(depth_m, self.coc_scale_px, self.focus_distance_m)
 
     def coc_px(self, depth_m: Any) -> Any:
+        """Unsigned CoC diameter (px)."""
         return abs(self.signed_coc_px(depth_m))
 
-    def depth_from_signed_coc_px(self, coc_signed_px: Any) -> Any:
-        return depth_from_signed_coc_px(
-            coc_signed_px, self.focal_length_m, self.f_number, self.focus_distance_m, self.pixel_pitch_m
-        )
+    def inverse_depth_from_signed_coc_px(self, coc_signed_px: Any) -> Any:
+        """Inverse depth (1/m) of a signed CoC; <= 0 beyond the infinity CoC ``K``."""
+        return _inverse_depth_from_signed_coc_px(coc_signed_px, self.coc_scale_px, self.focus_distance_m)
 
-    def coc_px_per_inverse_metre(self) -> float:
-        """d c_signed_px / d(1/d): how many pixels of CoC one dioptre of depth change gives."""
-        return coc_scale_m(self.focal_length_m, self.f_number, self.focus_distance_m) * self.focus_distance_m / self.pixel_pitch_m
+    def depth_from_signed_coc_px(self, coc_signed_px: Any) -> Any:
+        """Invert :meth:`signed_coc_px`; signed CoCs at or beyond ``K`` have no finite depth and give ``inf``."""
+        return _depth_from_inverse_depth(self.inverse_depth_from_signed_coc_px(coc_signed_px))
+
+    def depths_from_coc_px(self, coc_px: Any) -> tuple[Any, Any]:
+        """The two depths ``(near, far)`` of an unsigned CoC, in front of and behind the focus plane (far may be
+        ``inf``)."""
+        return self.depth_from_signed_coc_px(-coc_px), self.depth_from_signed_coc_px(coc_px)
 
     def coc_px_range(self, min_depth_m: float, max_depth_m: float) -> tuple[float, float]:
         """Smallest and largest unsigned CoC (pixels) over depths in [min, max]."""
@@ -202,3 +196,137 @@ class ThinLens:
         ends = [abs(float(self.signed_coc_px(d))) for d in (min_depth_m, max_depth_m)]
         lo = 0.0 if min_depth_m <= self.focus_distance_m <= max_depth_m else min(ends)
         return lo, max(ends)
+
+
+# --------------------------------------------------------------------------- a batch of lenses
+
+
+def _per_item(x: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` -> ``[B, 1, ..., 1]`` broadcasting against ``like`` ``[B, ...]``."""
+    assert like.dim() >= 1 and like.shape[0] == x.shape[0], (x.shape, like.shape)
+    return x.view((x.shape[0],) + (1,) * (like.dim() - 1))
+
+
+@dataclass(frozen=True, eq=False)
+class LensBatch:
+    """``B`` thin lenses as ``[B]`` tensors (differentiable), the fields and formulas of :class:`ThinLens`.
+
+    Per-lens maps are ``[B, ...]``: item ``b`` of a depth or CoC map goes
+    through lens ``b``. Values are not validated on creation (the batch may
+    hold a learnable lens inside an optimisation); :meth:`check` does it.
+    """
+
+    focal_length_m: Tensor  # [B]
+    f_number: Tensor  # [B]
+    focus_distance_m: Tensor  # [B]
+    pixel_pitch_m: Tensor  # [B]
+
+    # The column order of :meth:`as_rows`: the field order.
+    ROW_FIELDS: ClassVar[tuple[str, ...]] = ("focal_length_m", "f_number", "focus_distance_m", "pixel_pitch_m")
+
+    def __post_init__(self) -> None:
+        ref = self.focal_length_m
+        assert isinstance(ref, Tensor) and ref.dim() == 1, f"LensBatch fields are [B] tensors (got {ref!r})"
+        for name in self.ROW_FIELDS:
+            v = getattr(self, name)
+            assert isinstance(v, Tensor) and v.shape == ref.shape, (name, getattr(v, "shape", type(v)), ref.shape)
+            assert v.dtype == ref.dtype and v.device == ref.device, (name, v.dtype, v.device, ref.dtype, ref.device)
+
+    # ---- building
+
+    @classmethod
+    def from_lenses(cls, lenses: Sequence[ThinLens], device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32) -> "LensBatch":
+        lenses = list(lenses)
+        assert lenses and all(isinstance(lens, ThinLens) for lens in lenses), \
+            f"need one or more ThinLens (got {[type(lens).__name__ for lens in lenses]})"
+        return cls(*(torch.tensor([getattr(lens, k) for lens in lenses], dtype=dtype, device=device)
+                     for k in cls.ROW_FIELDS))
+
+    @classmethod
+    def from_rows(cls, rows: Tensor) -> "LensBatch":
+        """The inverse of :meth:`as_rows`: ``[B, 4]`` -> a batch (views of the columns, gradients flow)."""
+        assert rows.dim() == 2 and rows.shape[1] == len(cls.ROW_FIELDS), rows.shape
+        return cls(*rows.unbind(1))
+
+    def as_rows(self) -> Tensor:  # [B, 4]
+        """One ``[B, 4]`` tensor, columns in :attr:`ROW_FIELDS` order: how the networks take lenses as input."""
+        return torch.stack([getattr(self, k) for k in self.ROW_FIELDS], 1)
+
+    @classmethod
+    def cat(cls, batches: Sequence["LensBatch"]) -> "LensBatch":
+        """Concatenate batches along ``B``."""
+        batches = list(batches)
+        assert batches, "need at least one LensBatch"
+        return cls(*(torch.cat([getattr(b, k) for b in batches]) for k in cls.ROW_FIELDS))
+
+    def index(self, idx: Any) -> "LensBatch":
+        """The lenses ``idx`` selects (slice, index list or tensor, bool mask); an int gives a batch of one."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1 if idx != -1 else None)
+        return LensBatch(*(getattr(self, k)[idx] for k in self.ROW_FIELDS))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "LensBatch":
+        return LensBatch(*(getattr(self, k).to(device=device, dtype=dtype) for k in self.ROW_FIELDS))
+
+    def lens(self, i: int) -> ThinLens:
+        """Lens ``i`` as floats (validated)."""
+        return ThinLens(*(float(getattr(self, k)[i]) for k in self.ROW_FIELDS))
+
+    def lenses(self) -> list[ThinLens]:
+        return [self.lens(i) for i in range(len(self))]
+
+    def check(self) -> "LensBatch":
+        """Raise :class:`LensError` unless every lens is valid (syncs with the device); returns ``self``."""
+        check_lens(self.focal_length_m, self.f_number, self.focus_distance_m, self.pixel_pitch_m)
+        return self
+
+    def __len__(self) -> int:
+        return int(self.focal_length_m.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.focal_length_m.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.focal_length_m.dtype
+
+    # ---- optics: ThinLens's formulas per item
+
+    @property
+    def aperture_m(self) -> Tensor:  # [B]
+        return self.focal_length_m / self.f_number
+
+    @property
+    def coc_scale_px(self) -> Tensor:  # [B]
+        """``K`` of each lens (see :attr:`ThinLens.coc_scale_px`)."""
+        return _coc_scale_px(self.focal_length_m, self.f_number, self.focus_distance_m, self.pixel_pitch_m)
+
+    @property
+    def coc_px_per_dioptre(self) -> Tensor:  # [B]
+        return self.coc_scale_px * self.focus_distance_m
+
+    def signed_coc_px(self, depth_m: Tensor) -> Tensor:
+        """depth_m ``[B, ...]`` (> 0; not checked) -> signed CoC (px) ``[B, ...]``."""
+        return _signed_coc_px(depth_m, _per_item(self.coc_scale_px, depth_m), _per_item(self.focus_distance_m, depth_m))
+
+    def coc_px(self, depth_m: Tensor) -> Tensor:
+        """depth_m ``[B, ...]`` -> unsigned CoC (px) ``[B, ...]``."""
+        return self.signed_coc_px(depth_m).abs()
+
+    def inverse_depth_from_signed_coc_px(self, coc_signed_px: Tensor) -> Tensor:
+        """coc ``[B, ...]`` -> inverse depth (1/m) ``[B, ...]``, <= 0 beyond ``K``."""
+        return _inverse_depth_from_signed_coc_px(coc_signed_px, _per_item(self.coc_scale_px, coc_signed_px),
+                                                 _per_item(self.focus_distance_m, coc_signed_px))
+
+    def depth_from_signed_coc_px(self, coc_signed_px: Tensor) -> Tensor:
+        """coc ``[B, ...]`` -> depth (m) ``[B, ...]``, ``inf`` beyond ``K``."""
+        return _depth_from_inverse_depth(self.inverse_depth_from_signed_coc_px(coc_signed_px))
+
+    def depths_from_coc_px(self, coc_px: Tensor) -> tuple[Tensor, Tensor]:
+        """Unsigned coc ``[B, ...]`` -> its two depths ``(near, far)``, each ``[B, ...]``."""
+        return self.depth_from_signed_coc_px(-coc_px), self.depth_from_signed_coc_px(coc_px)
+
+
+assert tuple(f.name for f in fields(ThinLens)) == LensBatch.ROW_FIELDS == tuple(f.name for f in fields(LensBatch))

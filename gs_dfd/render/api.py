@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC
+from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LensBatch, ThinLens
 from gs_dfd.render.defocus import EPS2D, blur_sigma, coc_px_per_frame, dilate, tile_rects
 from gs_dfd.render.projection import project_gaussians
 from gs_dfd.render.raster_torch import rasterize_torch
@@ -48,20 +48,6 @@ class PinholeCamera:
     def K(self, device: torch.device, dtype: torch.dtype) -> Tensor:  # [3, 3]
         return torch.tensor([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]],
                             device=device, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class LensFrame:
-    """Thin lens of one frame (SI units); frames of a focal stack differ in ``focus_distance_m``."""
-
-    focal_length_m: float
-    f_number: float
-    pixel_pitch_m: float
-    focus_distance_m: float
-
-    @classmethod
-    def from_thin_lens(cls, lens: Any) -> "LensFrame":
-        return cls(lens.focal_length_m, lens.f_number, lens.pixel_pitch_m, lens.focus_distance_m)
 
 
 @dataclass
@@ -137,6 +123,18 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _lens_batch(lenses: LensBatch | Sequence[ThinLens], device: torch.device, dtype: torch.dtype) -> LensBatch:
+    """The frames' lenses as one batch on the render device and dtype (length 0: none given). A ThinLens is valid
+    by construction; a LensBatch is checked here (``LensError``), once per render."""
+    if isinstance(lenses, LensBatch):
+        return lenses.check().to(device, dtype)
+    lenses = list(lenses)
+    if not lenses:
+        empty = torch.zeros(0, device=device, dtype=dtype)
+        return LensBatch(empty, empty, empty, empty)
+    return LensBatch.from_lenses(lenses, device=device, dtype=dtype)
+
+
 def render_defocus(
     means: Tensor,  # [N, 3] world, metres
     quats: Tensor,  # [N, 4] wxyz, need not be normalised
@@ -144,7 +142,7 @@ def render_defocus(
     opacities: Tensor,  # [N] activated, in [0, 1]
     colors: Tensor,  # [N, C]
     camera: PinholeCamera,
-    lenses: Sequence[LensFrame],  # F frames, same pose
+    lenses: LensBatch | Sequence[ThinLens],  # F frames, same pose (empty with coc_px_override)
     coc_px_override: Tensor | None = None,  # [F, N] unsigned CoC diameters (px)
     backend: str = "auto",
     return_coc: bool = False,
@@ -164,21 +162,21 @@ def render_defocus(
     assert scales.shape == (n, 3), scales.shape
     assert opacities.shape == (n,), opacities.shape
     assert colors.dim() == 2 and colors.shape[0] == n, colors.shape
-    lenses = list(lenses)
-    f = len(lenses) if coc_px_override is None else coc_px_override.shape[0]
+    dev, dt = means.device, means.dtype
+    lens_batch = _lens_batch(lenses, dev, dt)
+    f = len(lens_batch) if coc_px_override is None else coc_px_override.shape[0]
     assert f >= 1, "need at least one frame"
     if coc_px_override is not None:
         assert coc_px_override.shape == (f, n), coc_px_override.shape
-        assert not lenses or len(lenses) == f, (len(lenses), f)
+        assert len(lens_batch) in (0, f), (len(lens_batch), f)
     if background is not None:
         assert background.shape == (colors.shape[1],), background.shape
     w, h = int(camera.width), int(camera.height)
-    dev, dt = means.device, means.dtype
     backend = _resolve_backend(backend, dev)
 
     if backend == "gsplat":
         from gs_dfd.render.raster_gsplat import render_gsplat
-        return render_gsplat(means, quats, scales, opacities, colors, camera, lenses, coc_px_override,
+        return render_gsplat(means, quats, scales, opacities, colors, camera, lens_batch, coc_px_override,
                              return_coc, sigma_per_coc, background, near_plane, eps2d)
 
     if backend == "cpu":
@@ -191,7 +189,7 @@ def render_defocus(
     if coc_px_override is not None:
         coc = coc_px_override.to(dt).abs()
     else:
-        coc = coc_px_per_frame(proj.depths, proj.valid, lenses)
+        coc = coc_px_per_frame(proj.depths, proj.valid, lens_batch)
     if backend == "cpu":
         from gs_dfd.render.raster_cpu import dilate_cpu, prepare_cpu
         dil = dilate_cpu(proj.cov2d, opacities, blur_sigma(coc, sigma_per_coc), proj.valid, eps2d)

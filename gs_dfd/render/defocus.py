@@ -12,12 +12,11 @@ zero CoC gives exactly the sharp 3DGS render (Kerbl et al. 2023).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from gs_dfd.optics.thin_lens import blur_sigma_px, check_lens, signed_coc_px
+from gs_dfd.optics.thin_lens import LensBatch, blur_sigma_px
 
 EPS2D: float = 0.3  # px^2, gsplat's anti-aliasing dilation
 ALPHA_MIN: float = 1.0 / 255.0  # 3DGS: contributions below this are skipped
@@ -34,17 +33,12 @@ class Dilated:
     cov2d: Tensor | None = None  # [F, N, 3] S' = S + (sigma^2 + eps) I (reference path only)
 
 
-def coc_px_per_frame(depths: Tensor, valid: Tensor, lenses: Sequence) -> Tensor:
-    """Unsigned thin-lens CoC (px) of every Gaussian in every frame. [F, N]"""
+def coc_px_per_frame(depths: Tensor, valid: Tensor, lenses: LensBatch) -> Tensor:
+    """Unsigned thin-lens CoC (px) of every Gaussian (depths ``[N]``) in every frame's lens (``[F]``). [F, N]"""
     assert depths.dim() == 1 and valid.shape == depths.shape, (depths.shape, valid.shape)
+    assert isinstance(lenses, LensBatch) and len(lenses) >= 1, f"need a LensBatch of F >= 1 lenses (got {lenses!r})"
     d = torch.where(valid, depths, torch.ones_like(depths))  # culled Gaussians: any positive depth
-    out = []
-    for lens in lenses:
-        check_lens(lens.focal_length_m, lens.f_number, lens.focus_distance_m, lens.pixel_pitch_m)
-        c = signed_coc_px(d, lens.focal_length_m, lens.f_number, lens.focus_distance_m, lens.pixel_pitch_m,
-                          validate=False)
-        out.append(c.abs())
-    return torch.stack(out, dim=0)
+    return lenses.coc_px(d.expand(len(lenses), -1))
 
 
 def dilate(

@@ -12,11 +12,11 @@ opacity above 0.99. Written against gsplat 1.5.3; not exercised on a GPU here.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from gs_dfd.optics.thin_lens import LensBatch
 from gs_dfd.render.defocus import blur_sigma, coc_px_per_frame, dilate, tile_rects
 
 TILE_SIZE = 16
@@ -29,7 +29,7 @@ def render_gsplat(
     opacities: Tensor,  # [N]
     colors: Tensor,  # [N, C]
     camera,
-    lenses: Sequence,
+    lenses: LensBatch,  # [F] (length 0 with coc_px_override)
     coc_px_override: Tensor | None,  # [F, N]
     return_coc: bool,
     sigma_per_coc: float,

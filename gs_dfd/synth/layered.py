@@ -75,7 +75,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
-from gs_dfd.optics.thin_lens import check_lens, coc_scale_m
+from gs_dfd.optics.thin_lens import ThinLens
 
 # Layers within one slab of this CoC width (in the frame where CoC changes
 # fastest with depth) do not occlude each other.
@@ -85,14 +85,6 @@ SLAB_COC_PX: float = 2.0
 SAME_SURFACE_COC_PX: float = 2.0
 # Extra pixels of layer extension beyond the blur radii.
 EXTENSION_MARGIN_PX: int = 2
-
-
-@dataclass(frozen=True)
-class FrameOptics:
-    """The per-frame lens settings of a focal stack."""
-
-    focus_distance_m: float
-    f_number: float
 
 
 # ---------------------------------------------------------------------------
@@ -132,8 +124,7 @@ def disk_psf(diameter_px: float, supersample: int = 8) -> np.ndarray:
 # Validation
 
 
-def _check_inputs(aif: np.ndarray, depth_m: np.ndarray, frames: Sequence[FrameOptics],
-                  focal_length_m: float, pixel_pitch_m: float, max_layer_step_px: float) -> None:
+def _check_inputs(aif: np.ndarray, depth_m: np.ndarray, lenses: Sequence[ThinLens], max_layer_step_px: float) -> None:
     if aif.ndim != 3 or aif.shape[2] not in (1, 3) or aif.shape[0] == 0 or aif.shape[1] == 0:
         raise ValueError(f"aif must have shape [H, W, C] with H, W >= 1 and C in {{1, 3}} (got {aif.shape})")
     if depth_m.shape != aif.shape[:2]:
@@ -142,12 +133,11 @@ def _check_inputs(aif: np.ndarray, depth_m: np.ndarray, frames: Sequence[FrameOp
         raise ValueError("aif must be finite with values in [0, 1]")
     if not np.all(np.isfinite(depth_m)) or not np.all(depth_m > 0):
         raise ValueError("depth_m must be finite and > 0 everywhere (fill holes before rendering)")
-    if len(frames) == 0:
-        raise ValueError("frames must hold at least one FrameOptics")
-    for i, fr in enumerate(frames):
-        if not isinstance(fr, FrameOptics):
-            raise ValueError(f"frames[{i}] must be a FrameOptics (got {type(fr).__name__})")
-        check_lens(focal_length_m, fr.f_number, fr.focus_distance_m, pixel_pitch_m)
+    if len(lenses) == 0:
+        raise ValueError("lenses must hold at least one ThinLens")
+    for i, lens in enumerate(lenses):  # a ThinLens is valid by construction
+        if not isinstance(lens, ThinLens):
+            raise ValueError(f"lenses[{i}] must be a ThinLens (got {type(lens).__name__})")
     if not (math.isfinite(max_layer_step_px) and max_layer_step_px > 0):
         raise ValueError(f"max_layer_step_px must be finite and > 0 (got {max_layer_step_px})")
 
@@ -172,21 +162,17 @@ class _LayerGrid:
     step_px: float  # largest CoC difference between neighbouring layers over frames
 
 
-def _layer_grid(depth_m: np.ndarray, frames: Sequence[FrameOptics], focal_length_m: float,
-                pixel_pitch_m: float, max_layer_step_px: float) -> _LayerGrid:
+def _layer_grid(depth_m: np.ndarray, lenses: Sequence[ThinLens], max_layer_step_px: float) -> _LayerGrid:
     inv = 1.0 / depth_m  # [H, W]
     q_lo, q_hi = float(inv.min()), float(inv.max())
-    scale = np.array([coc_scale_m(focal_length_m, fr.f_number, fr.focus_distance_m) / pixel_pitch_m
-                      for fr in frames])  # [F] CoC (px) at infinity
-    focus = np.array([fr.focus_distance_m for fr in frames])  # [F]
-    slope = float(np.max(scale * focus))  # |d c_px / d(1/depth)|
+    slope = max(lens.coc_px_per_dioptre for lens in lenses)  # |d c_px / d(1/depth)|, the fastest frame
     span = q_hi - q_lo
     count = int(math.ceil(span * slope / max_layer_step_px - 1e-9)) + 1 if span > 0 else 1
     count = max(count, 2) if span > 0 else 1
     dq = span / (count - 1) if count > 1 else 0.0
     u = np.clip((inv - q_lo) / dq, 0.0, count - 1) if count > 1 else np.zeros_like(inv)
     q_centres = q_lo + dq * np.arange(count)  # [count]
-    coc = scale[:, None] * (1.0 - focus[:, None] * q_centres[None, :])  # [F, count]
+    coc = np.stack([lens.signed_coc_px(1.0 / q_centres) for lens in lenses])  # [F, count]
     return _LayerGrid(u=u, coc_px=coc, step_px=slope * dq)
 
 
@@ -388,20 +374,19 @@ def _layers_to_gap(owners: list[np.ndarray], top: int) -> float:
     return float(k - 1 - top) if k < len(owners) else float("inf")
 
 
-def render_focal_stack(aif: np.ndarray, depth_m: np.ndarray, frames: Sequence[FrameOptics],
-                       focal_length_m: float, pixel_pitch_m: float, max_layer_step_px: float = 0.25,
-                       progress: bool = False) -> np.ndarray:
-    """Defocus an all-in-focus image with its depth into one image per frame.
+def render_focal_stack(aif: np.ndarray, depth_m: np.ndarray, lenses: Sequence[ThinLens],
+                       max_layer_step_px: float = 0.25, progress: bool = False) -> np.ndarray:
+    """Defocus an all-in-focus image with its depth into one image per lens (frame).
 
     aif [H, W, C] in [0, 1] (C = 1 or 3), depth_m [H, W] > 0 (metres, finite);
     returns [F, H, W, C] float32 in [0, 1]. See the module docstring for the
-    model; the thin-lens CoC is that of :mod:`gs_dfd.optics.thin_lens`.
+    model; the CoC is :meth:`ThinLens.signed_coc_px`.
     """
     aif = _as_float_array("aif", aif)
     depth_m = _as_float_array("depth_m", depth_m)
-    frames = list(frames)
-    _check_inputs(aif, depth_m, frames, focal_length_m, pixel_pitch_m, max_layer_step_px)
-    grid = _layer_grid(depth_m, frames, focal_length_m, pixel_pitch_m, max_layer_step_px)
+    lenses = list(lenses)
+    _check_inputs(aif, depth_m, lenses, max_layer_step_px)
+    grid = _layer_grid(depth_m, lenses, max_layer_step_px)
     count = grid.coc_px.shape[1]
     owners = _pixels_by_layer(grid.u, count)
     blur_radius = np.abs(grid.coc_px).max(axis=0) / 2.0  # [count] largest over frames
@@ -411,7 +396,7 @@ def render_focal_stack(aif: np.ndarray, depth_m: np.ndarray, frames: Sequence[Fr
         same_layers = SAME_SURFACE_COC_PX / grid.step_px
     else:
         slab_layers, same_layers = 1, float("inf")
-    canvases = np.zeros((len(frames),) + aif.shape, dtype=np.float32)  # [F, H, W, C]
+    canvases = np.zeros((len(lenses),) + aif.shape, dtype=np.float32)  # [F, H, W, C]
     occupied = [k for k in range(count) if owners[k].size > 0]
     for first, top in _progress(_slabs(occupied, slab_layers), progress):
         slab_idx = np.concatenate([owners[k] for k in range(first, top + 1)])

@@ -14,7 +14,7 @@ from gs_dfd.data.scene import Camera, Frame, Scene, write_scene
 from gs_dfd.errors import InputError
 from gs_dfd.optics.presets import CameraPreset
 from gs_dfd.utils.fill import fill_nearest
-from gs_dfd.synth.layered import FrameOptics, add_sensor_noise, render_focal_stack
+from gs_dfd.synth.layered import add_sensor_noise, render_focal_stack
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,10 @@ def synthesize_scene(out_dir: Path, aif: np.ndarray, depth_gt_m: np.ndarray, spe
     height, width = depth_gt_m.shape
     camera = spec.camera(width, height)
     frames = spec.frames()
-    optics = [FrameOptics(focus_distance_m=f.focus_distance_m,
-                          f_number=camera.f_number if f.f_number is None else f.f_number) for f in frames]
+    lenses = [camera.lens(f.focus_distance_m, f.f_number) for f in frames]
     depth_render = fill_depth_holes(depth_gt_m)
-    stack = render_focal_stack(aif.astype(np.float32), depth_render, optics, camera.focal_length_m,
-                               camera.pixel_pitch_m, max_layer_step_px=spec.max_layer_step_px, progress=progress)
+    stack = render_focal_stack(aif.astype(np.float32), depth_render, lenses, max_layer_step_px=spec.max_layer_step_px,
+                               progress=progress)
     if spec.noise_std > 0:
         stack = add_sensor_noise(stack, spec.noise_std, np.random.default_rng(spec.seed))
     return write_scene(out_dir, camera, frames, stack, depth_gt_m=depth_gt_m, all_in_focus=aif,

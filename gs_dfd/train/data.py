@@ -22,7 +22,7 @@ from gs_dfd.data.maps import load_npy
 from gs_dfd.data.scene import Scene, load_scene
 from gs_dfd.errors import InputError
 from gs_dfd.export.gaussian_ply import GaussianCloud, read_gaussian_ply
-from gs_dfd.models.lens_code import lens_row
+from gs_dfd.optics.thin_lens import LensBatch
 
 
 @dataclass
@@ -30,7 +30,7 @@ class TrainScene:
     name: str
     scene: Scene
     frames: Tensor  # [F, H, W, 3] in [0, 1]
-    lenses: Tensor  # [F, 4] (focal_length_m, f_number, pixel_pitch_m, focus_distance_m)
+    lenses: Tensor  # [F, 4] every frame's lens as a row (LensBatch.as_rows), the networks' lens input
     means: Tensor  # [N, 3] world, metres (the cached fit)
     quats: Tensor  # [N, 4]
     scales: Tensor  # [N, 3]
@@ -76,7 +76,7 @@ def load_train_scene(scene_dir: Path, fit_dir: Path | None, supervised: bool = F
     ``fit_aif``: also read the fit's ``aif.png`` (dered), which needs frames that share frame 0's view."""
     scene = load_scene(scene_dir, check_files=False)  # frames are checked as they load; GT stays unread
     frames = _rgb(scene.load_frames())
-    lenses = torch.stack([lens_row(scene.lens(i)) for i in range(len(scene.frames))])
+    lenses = LensBatch.from_lenses([scene.lens(i) for i in range(len(scene.frames))]).as_rows()  # [F, 4]
     h, w = frames.shape[1:3]
     if fit_dir is None:
         assert not fit_aif, "the fit's AIF needs a fit"

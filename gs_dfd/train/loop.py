@@ -27,8 +27,8 @@ from gs_dfd.console import console
 from gs_dfd.data.scene import load_scene
 from gs_dfd.errors import GsDfdError, InputError, Interrupted
 from gs_dfd.models.checkpoint_io import load_checkpoint
-from gs_dfd.models.lens_code import coc_scale_px
 from gs_dfd.models.registry import build_model, get_method, method_of, new_model
+from gs_dfd.optics.thin_lens import LensBatch
 from gs_dfd.train import losses as L
 from gs_dfd.train.checkpoint import export_weights, resume_changes, save_checkpoint
 from gs_dfd.train.config import TrainConfig
@@ -198,7 +198,7 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
     terms["anchor_depth"] = 0.5 * (a_depth[0] + a_depth[1])
     terms["anchor_coc"] = 0.5 * (a_coc[0] + a_coc[1])
     imgs = batch.images.reshape(2 * b, c, h, wd)
-    k_px = coc_scale_px(batch.lenses.reshape(2 * b, 4)).view(-1, 1, 1, 1)
+    k_px = LensBatch.from_rows(batch.lenses.reshape(2 * b, 4)).coc_scale_px.view(-1, 1, 1, 1)
     terms["smooth"] = (L.edge_aware_smoothness(1.0 / out["depth"], imgs)
                        + L.edge_aware_smoothness(out["coc"] / k_px + 0.05, imgs))
     weights = dataclasses.asdict(w)  # each term is weighted by the LossWeights field of its name

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from gs_dfd.fit.losses import ssim_torch
-from gs_dfd.models.lens_code import coc_px_from_depth, coc_scale_px
+from gs_dfd.optics.thin_lens import LensBatch
 
 
 @dataclass
@@ -62,10 +62,14 @@ def siamese_loss(depth_a: Tensor, depth_b: Tensor) -> Tensor:
 def coc_consistency_loss(depth: Tensor, cocs: list[Tensor], lenses: list[Tensor]) -> Tensor:
     """depth ``[B, 1, h, w]`` against each (CoC map ``[B, 1, h, w]``, lenses ``[B, 4]``), in units of K."""
     total = depth.new_zeros(())
-    for coc, lens in zip(cocs, lenses):
-        k = coc_scale_px(lens).view(-1, 1, 1, 1)
-        total = total + ((coc_px_from_depth(depth, lens) - coc) / k).abs().mean()
+    for coc, rows in zip(cocs, lenses):
+        total = total + _coc_error_in_k(coc, depth, LensBatch.from_rows(rows)).mean()
     return total / len(cocs)
+
+
+def _coc_error_in_k(coc: Tensor, depth: Tensor, lens: LensBatch) -> Tensor:
+    """``|c - c(d)| / K`` ``[B, 1, h, w]``: the CoC error in camera-free units (|1 - s/d| scale)."""
+    return ((coc - lens.coc_px(depth)) / lens.coc_scale_px.view(-1, 1, 1, 1)).abs()
 
 
 def _weighted_mean(err: Tensor, weight: Tensor) -> Tensor:
@@ -76,8 +80,7 @@ def anchor_losses(depth: Tensor, coc: Tensor, lenses: Tensor, anchor_depth: Tens
     """depth/coc/anchor_depth/weight ``[B, 1, h, w]``, lenses ``[B, 4]``; weight 0 = no anchor."""
     safe = anchor_depth.clamp_min(1e-3)
     depth_err = (torch.log(depth) - torch.log(safe)).abs()
-    k = coc_scale_px(lenses).view(-1, 1, 1, 1)
-    coc_err = ((coc - coc_px_from_depth(safe, lenses)) / k).abs()
+    coc_err = _coc_error_in_k(coc, safe, LensBatch.from_rows(lenses))
     return _weighted_mean(depth_err, weight), _weighted_mean(coc_err, weight)
 
 
@@ -102,6 +105,4 @@ def supervised_coc_loss(coc: Tensor, depth_gt: Tensor, lenses: Tensor) -> Tensor
     """|c - c(d_gt)| / K on valid pixels: coc/depth_gt ``[M, 1, h, w]``, lenses ``[M, 4]`` (camera-free units)."""
     assert coc.shape == depth_gt.shape and lenses.shape == (coc.shape[0], 4), (coc.shape, depth_gt.shape, lenses.shape)
     valid = (depth_gt > 0).float()
-    k = coc_scale_px(lenses).view(-1, 1, 1, 1)
-    target = coc_px_from_depth(depth_gt.clamp_min(1e-3), lenses)
-    return _weighted_mean(((coc - target) / k).abs(), valid)
+    return _weighted_mean(_coc_error_in_k(coc, depth_gt.clamp_min(1e-3), LensBatch.from_rows(lenses)), valid)
