@@ -31,7 +31,7 @@ from gs_dfd.console import console
 from gs_dfd.data.images import read_image, to_channels
 from gs_dfd.data.scene import SCENE_FILE, Camera, Scene, load_scene
 from gs_dfd.data.maps import load_map_npy
-from gs_dfd.errors import GsDfdError, InputError
+from gs_dfd.errors import InputError
 from gs_dfd.eval.metrics import (
     DEPTH_METRIC_KEYS, abs_rel_map, depth_metrics, evaluation_mask, image_metrics, lpips_status, mean_depth_metrics,
 )

@@ -28,7 +28,7 @@ import struct
 import time
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, Literal, Optional, Tuple
 
 from gs_dfd.errors import InputError, Interrupted, os_error_reason
 from gs_dfd.utils.atomic import umask
