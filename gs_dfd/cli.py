@@ -49,7 +49,7 @@ def _commands(argv: list[str] | None = None) -> tuple[object, dict[type, Callabl
 
     import tyro
 
-    from gs_dfd.commands import check, evaluate, export, fit, predict, synth, train
+    from gs_dfd.commands import check, evaluate, export, fit, import_photos, predict, synth, train
 
     # ``train --config FILE.yaml``: the file's values become the defaults that flags override.
     args = list(sys.argv[1:] if argv is None else argv)
@@ -64,6 +64,7 @@ def _commands(argv: list[str] | None = None) -> tuple[object, dict[type, Callabl
         Annotated[export.ExportConfig, tyro.conf.subcommand("export", prefix_name=False)],
         Annotated[train.TrainConfig, tyro.conf.subcommand("train", prefix_name=False, **train_kw)],
         Annotated[predict.PredictConfig, tyro.conf.subcommand("predict", prefix_name=False)],
+        Annotated[import_photos.ImportConfig, tyro.conf.subcommand("import", prefix_name=False)],
     ]
     runners = {
         synth.SynthCommand: lambda c: synth.run(c.kind),
@@ -73,6 +74,7 @@ def _commands(argv: list[str] | None = None) -> tuple[object, dict[type, Callabl
         export.ExportConfig: export.run,
         train.TrainConfig: train.run,
         predict.PredictConfig: predict.run,
+        import_photos.ImportConfig: import_photos.run,
     }
     return union, runners
 

@@ -47,7 +47,7 @@ SCENE_FORMAT = "gs_dfd.scene/1"
 SCENE_FILE = "scene.json"
 _CAMERA_FIELDS = ("width", "height", "fx", "fy", "cx", "cy", "focal_length_m", "f_number", "pixel_pitch_m")
 _FRAME_FIELDS = ("image", "focus_distance_m", "f_number", "world_to_cam")
-_TOP_FIELDS = ("format", "camera", "frames", "depth_gt", "depth_gt_scale", "all_in_focus")
+_TOP_FIELDS = ("format", "camera", "frames", "depth_gt", "depth_gt_scale", "all_in_focus", "source")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class Scene:
     depth_gt_scale: float | None = None
     all_in_focus: str | None = None
     warnings: list[str] = field(default_factory=list)
+    source: dict[str, Any] | None = None  # optional provenance (e.g. gs-dfd import: where each value came from)
 
     @property
     def json_path(self) -> Path:
@@ -160,6 +161,8 @@ class Scene:
                 out["depth_gt_scale"] = self.depth_gt_scale
         if self.all_in_focus is not None:
             out["all_in_focus"] = self.all_in_focus
+        if self.source is not None:
+            out["source"] = self.source
         return out
 
 
@@ -380,13 +383,17 @@ def load_scene(folder: str | Path, check_files: bool = True) -> Scene:
     unknown = sorted(set(raw) - set(_TOP_FIELDS))
     if unknown:
         warnings.append(f"{jpath}: ignoring unknown field(s) {', '.join(unknown)}")
+    source = raw.get("source")
+    if source is not None and not isinstance(source, dict):
+        warnings.append(f"{jpath}: ignoring field 'source' (not an object)")
+        source = None
     if abs(camera.fx * camera.pixel_pitch_m / camera.focal_length_m - 1.0) > 0.25:
         warnings.append(
             f"{jpath}: camera.fx * pixel_pitch_m = {camera.fx * camera.pixel_pitch_m * 1e3:.2f} mm differs from "
             f"focal_length_m = {camera.focal_length_m * 1e3:.2f} mm by more than 25%"
         )
     scene = Scene(root=root, camera=camera, frames=frames, depth_gt=depth_gt, depth_gt_scale=scale,
-                  all_in_focus=aif, warnings=warnings)
+                  all_in_focus=aif, warnings=warnings, source=source)
     if check_files:
         scene.load_frames()
         if scene.all_in_focus is not None:
