@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import edit_scene_json, write_tiny_scene
-from gs_dfd.data.images import _png_header
+from gs_dfd.data.images import png_header
 from gs_dfd.data.scene import SCENE_FORMAT, load_scene
 from gs_dfd.errors import InputError
 
@@ -23,7 +23,7 @@ def test_round_trip(tmp_path, channels, bit_depth, depth_format):
     scene = load_scene(root)
     frames = scene.load_frames()
     assert frames.shape == (3, 24, 32, channels) and frames.dtype == np.float32
-    assert _png_header(root / "frames/000.png")[0] == bit_depth
+    assert png_header(root / "frames/000.png")[0] == bit_depth
     expected = np.random.default_rng(0).random((3, 24, 32, channels)).astype(np.float32)
     np.testing.assert_allclose(frames, expected, atol=0.51 / (2**bit_depth - 1))  # only rounding is lost
     depth = scene.load_depth_gt()

@@ -29,7 +29,7 @@ def _to_float(raw: np.ndarray, path: Path, field: str | None) -> np.ndarray:
     raise InputError(path, f"unsupported pixel type {raw.dtype} (use 8- or 16-bit PNG/JPEG)", field)
 
 
-def _png_header(path: Path) -> tuple[int, int] | None:
+def png_header(path: Path) -> tuple[int, int] | None:
     """(bit depth, colour type) of a PNG file, or None for other files."""
     with open(path, "rb") as fh:
         head = fh.read(26)
@@ -47,12 +47,13 @@ def _read_png16_color(path: Path) -> np.ndarray:
     return arr.reshape(height, width, info["planes"])
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
-def _open(path: Path, field: str | None):
+def open_image(path: Path, field: str | None):
     """Open an image lazily (header only); a decompression bomb or an unreadable file is a one-line error."""
     from PIL import Image
 
@@ -61,9 +62,9 @@ def _open(path: Path, field: str | None):
     try:
         return Image.open(path)
     except Image.DecompressionBombError as exc:
-        raise InputError(path, f"image too large to decode safely ({_first_line(exc)})", field) from None
+        raise InputError(path, f"image too large to decode safely ({first_line(exc)})", field) from None
     except Exception as exc:  # Pillow raises several types for files it does not recognise
-        raise InputError(path, f"cannot read image ({_first_line(exc)})", field) from None
+        raise InputError(path, f"cannot read image ({first_line(exc)})", field) from None
 
 
 # Pillow modes kept as they are: numpy reads them as gray (+ alpha) / RGB(A) arrays of 1, 8, 16 or 32 bits.
@@ -91,20 +92,20 @@ def _pixels(img) -> np.ndarray:
 
 def _imread(path: Path, field: str | None = None) -> np.ndarray:
     """Decode an image after checking its header: too small, too large or unreadable are one-line errors."""
-    img = _open(path, field)
+    img = open_image(path, field)
     with img:
         width, height = img.size
         if min(width, height) < MIN_IMAGE_SIDE_PX:
             raise InputError(path, f"image is {width}x{height}: too small (need at least "
                                    f"{MIN_IMAGE_SIDE_PX}x{MIN_IMAGE_SIDE_PX} pixels)", field)
         try:
-            header = _png_header(path)
+            header = png_header(path)
             if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
                 return _read_png16_color(path)
             img.seek(0)  # the first frame of an animation or a multi-page file
             return _pixels(img)
         except Exception as exc:  # truncated or corrupt data: Pillow and pypng raise many types
-            raise InputError(path, f"cannot read image ({_first_line(exc)})", field) from None
+            raise InputError(path, f"cannot read image ({first_line(exc)})", field) from None
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
@@ -142,7 +143,7 @@ def read_image(path: str | Path, field: str | None = None) -> np.ndarray:
 def image_size(path: str | Path, field: str | None = None) -> tuple[int, int]:
     """(width, height) of an image, from its header only (nothing is decoded)."""
     path = Path(path)
-    with _open(path, field) as img:
+    with open_image(path, field) as img:
         return img.size
 
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gs_dfd.data.images import MIN_IMAGE_SIDE_PX, read_image
+from gs_dfd.data.images import MIN_IMAGE_SIDE_PX, first_line, open_image, png_header, read_image
 from gs_dfd.errors import InputError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -321,27 +321,10 @@ class PhotoInfo:
     tiff16_rgb: bool = False  # needs this module's reader: Pillow would reduce it to 8 bits
 
 
-def _open(path: Path, field: str):
-    from PIL import Image
-
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise InputError(path, f"image too large to decode safely ({_first_line(exc)})", field) from None
-    except Exception as exc:  # Pillow raises several types for files it does not recognise
-        raise InputError(path, f"cannot read image ({_first_line(exc)})", field) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
-
-
 def _bits(img, path: Path) -> int:
     if img.format == "PNG":
-        with open(path, "rb") as fh:
-            head = fh.read(26)
-        return 16 if len(head) >= 26 and head[24] == 16 else 8
+        header = png_header(path)
+        return 16 if header is not None and header[0] == 16 else 8
     if img.format == "TIFF":
         bps = img.tag_v2.get(258, (8,))
         bps = bps if isinstance(bps, tuple) else (bps,)
@@ -351,7 +334,7 @@ def _bits(img, path: Path) -> int:
 
 def probe_photo(path: Path, field: str = "PHOTOS") -> PhotoInfo:
     """Size, bit depth and EXIF of a photo from its header (a broken or tiny file is a one-line error)."""
-    img = _open(path, field)
+    img = open_image(path, field)
     with img:
         width, height = img.size
         if min(width, height) < MIN_IMAGE_SIDE_PX:
@@ -369,7 +352,7 @@ def _read_tiff16_rgb(path: Path, field: str) -> np.ndarray:
     Reads what raw converters write: strips, chunky samples, no compression or deflate, optional horizontal
     predictor. Anything else is a one-line error saying what to save instead.
     """
-    img = _open(path, field)
+    img = open_image(path, field)
     with img:
         tags = img.tag_v2
         width, height = img.size
@@ -410,7 +393,7 @@ def read_photo(info: PhotoInfo, field: str = "PHOTOS") -> np.ndarray:
         except InputError:
             raise
         except Exception as exc:  # corrupt deflate data, bad offsets
-            raise InputError(info.path, f"cannot read image ({_first_line(exc)})", field) from None
+            raise InputError(info.path, f"cannot read image ({first_line(exc)})", field) from None
     return read_image(info.path, field=field)
 
 
