@@ -1,5 +1,5 @@
-"""Frame registration of the per-scene fit: phase correlation, the differentiable translation, and a fit
-of a stack whose shots moved between exposures."""
+"""Frame registration of the per-scene fit: phase correlation, the similarity warp of the Gaussians, and fits
+of stacks whose shots moved between exposures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from scipy import ndimage
 from gs_dfd.cli import main
 from gs_dfd.data.images import read_image, write_png
 from gs_dfd.data.registration import estimate_shift_px, translate_images
-from gs_dfd.fit.alignment import FrameAlignment, register_frames
+from gs_dfd.fit.alignment import FrameWarp, estimate_frame_warps
 
 
 def _texture(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
@@ -51,16 +51,40 @@ def test_translate_images_follows_the_convention_and_passes_gradients():
 
 
 def test_reference_and_frames_with_their_own_pose_never_move():
-    init = np.array([[1.0, 1.0], [2.0, -1.0], [4.0, 4.0]], np.float32)
-    align = FrameAlignment(init, movable=[True, True, False])
-    np.testing.assert_array_equal(align.shifts().detach().numpy(), [[0, 0], [2, -1], [0, 0]])
-    assert [r["frame"] for r in align.report()] == [1, 2] and align.margin_px() == 4
+    init = np.array([[0.01, 0.0, 1.0, 1.0], [0.0, 0.0, 2.0, -1.0], [0.02, 0.01, 4.0, 4.0]])
+    warp = FrameWarp(init, movable=[True, True, False], center=(25.0, 20.0), width=50, height=40)
+    np.testing.assert_allclose(warp.params().detach().numpy(), [[0, 0, 0, 0], [0, 0, 2, -1], [0, 0, 0, 0]],
+                               atol=1e-6)
+    assert [r["frame"] for r in warp.report()] == [1, 2] and warp.moved(1) and not warp.moved(2)
     img = _texture(40, 50)
-    back = align.to_reference(_moved(img, 2.0, -1.0).astype(np.float32), 1)
+    back = warp.to_reference(_moved(img, 2.0, -1.0).astype(np.float32), 1)
     np.testing.assert_allclose(back[5:-5, 5:-5], img[5:-5, 5:-5], atol=1e-3)
-    off = FrameAlignment(init, movable=[True, False, False])  # only the reference: nothing moves
-    assert not off.enabled and off.margin_px() == 0 and off.to_reference(img, 1) is img
-    assert np.all(register_frames(np.stack([img, img]), [True, False]) == 0)
+    assert warp.to_reference(img, 2) is img
+    off = FrameWarp(init, movable=[True, False, False], center=(25.0, 20.0), width=50, height=40)
+    assert not off.enabled and off.to_reference(img, 1) is img and bool(off.valid_mask(1, 0, 0, 50, 40).all())
+    assert np.all(estimate_frame_warps(np.stack([img, img]), [True, False], (25.0, 20.0)) == 0)
+
+
+def test_a_warped_gaussian_lands_where_the_similarity_puts_it():
+    """model.world(warp=...) moves each Gaussian's projection by x' = c + s R(a) (x - c) + t at unchanged depth,
+    and the frame's valid mask marks the pixels that map inside the reference view."""
+    from gs_dfd.data.scene import Camera
+    from gs_dfd.fit.model import grid_gaussians
+
+    cam = Camera(width=40, height=30, fx=60.0, fy=60.0, cx=20.0, cy=15.0, focal_length_m=0.05, f_number=2.0,
+                 pixel_pitch_m=1e-5)
+    model, _ = grid_gaussians(np.full((30, 40), 0.5, np.float32), np.full((30, 40, 3), 0.5, np.float32), cam, 2)
+    s, a, t = 1.04, 0.02, torch.tensor([1.5, -2.0])
+    g = model.world(warp=(torch.tensor(s), torch.tensor(a), t))
+    proj = torch.stack([g.means[:, 0] / g.means[:, 2] * cam.fx + cam.cx, g.means[:, 1] / g.means[:, 2] * cam.fy + cam.cy], -1)
+    d = model.uv.detach() - torch.tensor([cam.cx, cam.cy])
+    rot = torch.tensor([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], dtype=torch.float32)
+    expected = torch.tensor([cam.cx, cam.cy]) + s * d @ rot.T + t
+    np.testing.assert_allclose(proj.detach().numpy(), expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(g.depth_ref.detach().numpy(), 2.0, rtol=1e-6)  # depth, hence CoC, unchanged
+    warp = FrameWarp(np.array([[0, 0, 0, 0], [np.log(0.9), 0, 0, 0]]), [True, True], (20.0, 15.0), 40, 30)
+    mask = warp.valid_mask(1, 0, 0, 40, 30).numpy()  # a shrunk frame's border shows what frame 0 does not
+    assert not mask[0, 0] and mask[15, 20] and 0.6 < mask.mean() < 0.9
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,15 @@ class FrameExposure(nn.Module):
         self.log_gain = nn.Parameter(torch.zeros(max(n_frames - 1, 0), channels), requires_grad=enabled)
         self.offset = nn.Parameter(torch.zeros(max(n_frames - 1, 0), channels), requires_grad=enabled)
 
-    def forward(self, rgb: Tensor) -> Tensor:
-        """``[F, H, W, C]`` renders of all frames -> as each frame's exposure would record them."""
+    def forward(self, rgb: Tensor, frame_ids: list[int] | None = None) -> Tensor:
+        """``[K, H, W, C]`` renders of the frames ``frame_ids`` (all: None) -> as each frame's exposure would
+        record them."""
+        ids = list(range(self.log_gain.shape[0] + 1)) if frame_ids is None else list(frame_ids)
+        assert rgb.shape[0] == len(ids), (rgb.shape, ids)
         if not self.enabled or self.log_gain.shape[0] == 0:
             return rgb
-        assert rgb.shape[0] == self.log_gain.shape[0] + 1, (rgb.shape, self.log_gain.shape)
-        gain = torch.cat([torch.ones_like(self.log_gain[:1]), torch.exp(self.log_gain)])[:, None, None, :]
-        offset = torch.cat([torch.zeros_like(self.offset[:1]), self.offset])[:, None, None, :]
+        gain = torch.cat([torch.ones_like(self.log_gain[:1]), torch.exp(self.log_gain)])[ids][:, None, None, :]
+        offset = torch.cat([torch.zeros_like(self.offset[:1]), self.offset])[ids][:, None, None, :]
         return rgb * gain + offset
 
     def report(self) -> list[dict]:

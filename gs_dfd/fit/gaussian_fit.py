@@ -9,15 +9,23 @@ Method (docs/method.md describes each part; docs/results_history.md has the meas
 2. One Gaussian per ``stride x stride`` pixel block, parameterised in the
    reference camera's screen space (``gs_dfd.fit.model``) so depth moves only
    the blur.
-3. Minimise, over all frames at once, the 3DGS photometric loss (L1 + SSIM)
-   between each real frame and the Gaussians rendered with that frame's thin
-   lens (every Gaussian blurred by its own CoC), plus an edge-aware
-   smoothness prior on inverse depth between grid neighbours, which decides
-   depth where there is no texture and so no defocus signal.
-4. Optionally refine the lens (``gs_dfd.fit.lens_calibration``).
+3. Minimise the 3DGS photometric loss (L1 + SSIM) between the real frames
+   and the Gaussians rendered with each frame's thin lens (every Gaussian
+   blurred by its own CoC), plus an edge-aware smoothness prior on inverse
+   depth between grid neighbours, which decides depth where there is no
+   texture and so no defocus signal. Each step renders a few frames spread
+   over the sweep in one window of the frame, with only the Gaussians that
+   can reach it: a step costs the same for 5 frames or 50, and for a small
+   frame or a large one (which simply gets more steps).
+4. Optionally refine the lens (``gs_dfd.fit.lens_calibration``): the
+   aperture scale, per-frame focus, or the focus distances of a sweep whose
+   distances were only spaced over a range (affine ambiguity of inverse
+   depth: Suwajanakorn, Hernandez & Seitz, CVPR 2015).
 5. Register the shots: each frame that shares the reference pose gets a
-   learnable image translation (``gs_dfd.fit.alignment``), started from
-   phase correlation, so that camera shake between shots is not read as blur.
+   learnable similarity (scale for focus breathing, rotation, translation;
+   ``gs_dfd.fit.alignment``) applied to the Gaussians before rendering,
+   started from a robust registration of the stack, so that breathing and
+   shake are not read as blur.
 6. Propagate: once, shortly before the end, one edge-aware linear solve
    carries inverse depth from the Gaussians whose blur the frames measure
    into those whose they cannot (``gs_dfd.fit.propagation``) and moves the
@@ -32,15 +40,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
+from torch import Tensor
 from scipy import ndimage
 
 from gs_dfd.data.scene import Scene
 from gs_dfd.errors import InputError
-from gs_dfd.fit.alignment import FrameAlignment, register_frames
+from gs_dfd.fit.alignment import FrameWarp, estimate_frame_warps, warp_displacement_px
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.exposure import FrameExposure
 from gs_dfd.fit.lens_calibration import LensModel
@@ -59,8 +68,17 @@ class GaussianFitSettings:
     checkpoint stores these values so that ``--resume`` can refuse a change that would alter the result.
     """
 
-    iterations: int = 360
-    """Optimisation steps; the learning rates decay over them, so more steps also means finer last steps."""
+    iterations: Optional[int] = None
+    """Optimisation steps; the learning rates decay over them, so more steps also means finer last steps.
+    Default: 360 when a frame fits in one window (--tile-px), else 360 times the number of windows a frame
+    holds, so that every part of a large frame is visited as often as a small frame is."""
+    tile_px: int = 384
+    """(advanced) Largest side (px) of the window of a frame rendered per step: a larger frame is fitted one
+    random window at a time, with only the Gaussians that can reach it, so a step's cost does not grow with the
+    image."""
+    frames_per_step: int = 5
+    """Frames rendered per step: a longer stack is fitted a few frames at a time, one from each part of its
+    sweep, so a step's cost does not grow with the number of frames."""
     stride: int = 2
     """One Gaussian per stride x stride pixel block; 1 = one per pixel (slower, sharper depth edges)."""
     lr_inv_depth: float = 0.01
@@ -94,6 +112,13 @@ class GaussianFitSettings:
     init_depth_m: float | None = None
     """Starting depth (metres) when the stack has a single focus distance (aperture stacks), where the focus measure
     has no peak; default 1.25 x the focus distance."""
+    calibrate_sweep: bool = False
+    """Learn the focus distances of the frames between the sweep's nearest and farthest (those two are kept), in
+    focus order: for sweeps whose distances were spaced over a range or assumed (gs-dfd import), which real focus
+    steps do not follow exactly. gs-dfd fit sets it for such scenes (--focus-calibration auto)."""
+    lr_focus_sweep: float = 0.02
+    """(advanced) Adam learning rate of the sweep's focus parameters (--calibrate-sweep): logits of each focus
+    step's share of the sweep, so a step of 0.02 changes a share by about 2%."""
     calibrate_lens: bool = False
     """Refine the aperture scale and, with two or more focus distances, each frame's focus distance (nominal lens
     values of real cameras are off; with one focus distance only the ratio to depth is observable)."""
@@ -103,17 +128,20 @@ class GaussianFitSettings:
     lr_exposure: float = 0.01
     """(advanced) Adam learning rate of the per-frame exposure gain and offset."""
     align_frames: bool = True
-    """Learn a per-frame image translation of the frames that share frame 0's pose and that phase correlation finds
-    offset by at least the smallest shift (--min-shift-px): real shots move between exposures, and an unregistered
-    shift reads as blur."""
+    """Learn a per-frame similarity (scale, rotation, translation) of the frames that share frame 0's pose and that
+    registration finds displaced by at least the smallest shift (--min-shift-px) somewhere in the image: real
+    sweeps breathe (the scale changes with focus) and shots move between exposures, and an unregistered
+    displacement reads as blur."""
     lr_align_px: float = 0.02
-    """(advanced) Adam learning rate of the per-frame translations (px per step)."""
+    """(advanced) Adam learning rate of the per-frame warps (px of displacement per step; scale and rotation are
+    counted at the image's half diagonal)."""
     max_shift_px: float = 32.0
-    """Largest translation between shots (pixels) that the frame alignment (--align-frames) searches for."""
+    """Largest translation between neighbouring shots (pixels) that the registration (--align-frames) searches
+    for."""
     min_shift_px: float = 0.5
-    """(advanced) Frames that phase correlation finds offset by less (pixels) are taken as registered and not
-    moved: on registered stacks the correlation still reads a fraction of a pixel, and learning that noise as a
-    shift costs depth accuracy."""
+    """(advanced) Frames that registration finds displaced by less (pixels, anywhere in the image) are taken as
+    registered and not moved: on registered stacks it still reads a fraction of a pixel, and learning that noise
+    as a warp costs depth accuracy."""
     propagate_smoothness: float = 30.0
     """(advanced) Strength (lambda) of the one edge-aware solve that carries inverse depth from the Gaussians whose
     blur the frames measure into those they cannot (gs_dfd.fit.propagation); 0 = no propagation, the value that
@@ -137,11 +165,12 @@ class GaussianFitSettings:
 
     def check(self) -> None:
         """Refuse a value outside its setting's range, in one line naming the flag, before any work starts."""
-        for name, low in (("iterations", 1), ("stride", 1), ("dff_window_px", 3)):
-            if getattr(self, name) < low:
+        for name, low in (("iterations", 1), ("stride", 1), ("dff_window_px", 3), ("tile_px", 32),
+                          ("frames_per_step", 1)):
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 raise InputError(None, f"must be >= {low} (got {getattr(self, name)})", setting_flag(name))
         positive = ["sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat", "lr_opacity", "lr_color",
-                    "lr_lens", "lr_exposure", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
+                    "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
         if self.init_depth_m is not None:
             positive.append("init_depth_m")
         for name in positive:
@@ -172,15 +201,33 @@ class FitState:
     model: ScreenGaussians
     lens: LensModel
     exposure: FrameExposure
-    alignment: FrameAlignment
+    warp: FrameWarp
     optimizer: torch.optim.Optimizer
     grid_hw: tuple[int, int]
     pose_groups: list[tuple[np.ndarray, list[int]]]  # frames sharing a pose render together
+    stride: int = 1  # pixels per Gaussian grid cell (each side)
     step: int = 0
     history: list[dict] = field(default_factory=list)
     init_confidence: np.ndarray | None = None  # [H, W] DFF confidence
     propagation: dict | None = None  # what propagate_depth did, once it ran
     sigma_per_coc: float = DISK_SIGMA_PER_COC  # the blur PSF's Gaussian sigma per CoC diameter
+
+
+# Steps of a fit whose frames fit in one window; larger frames get this many per window they hold.
+BASE_ITERATIONS = 360
+
+
+def window_size(settings: GaussianFitSettings, width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` of the window of a frame rendered per step."""
+    return min(width, settings.tile_px), min(height, settings.tile_px)
+
+
+def total_steps(settings: GaussianFitSettings, width: int, height: int) -> int:
+    """The fit's step count: ``--iterations``, or by default :data:`BASE_ITERATIONS` per window a frame holds."""
+    if settings.iterations is not None:
+        return settings.iterations
+    tw, th = window_size(settings, width, height)
+    return round(BASE_ITERATIONS * max(1.0, width * height / (tw * th)))
 
 
 def _pose_groups(scene: Scene) -> list[tuple[np.ndarray, list[int]]]:
@@ -229,18 +276,20 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
     torch.manual_seed(settings.seed)
     pose_groups = _pose_groups(scene)
     same_pose = [i in pose_groups[0][1] for i in range(len(scene.frames))]  # frames sharing frame 0's pose
-    shifts = (register_frames(frames, same_pose, settings.max_shift_px) if settings.align_frames
-              else np.zeros((len(frames), 2), np.float32))
-    moved = [i > 0 and same and float(np.hypot(*shifts[i])) >= settings.min_shift_px
-             for i, same in enumerate(same_pose)]
-    alignment = FrameAlignment(shifts, moved)
-    frames_ref = np.stack([alignment.to_reference(f, i) for i, f in enumerate(frames)])  # in frame 0's grid
+    cam = scene.camera
+    center = (cam.cx, cam.cy)
+    warps = (estimate_frame_warps(frames, same_pose, center, settings.max_shift_px) if settings.align_frames
+             else np.zeros((len(frames), 4)))
+    displacement = warp_displacement_px(warps, center, cam.width, cam.height)
+    moved = [i > 0 and same and displacement[i] >= settings.min_shift_px for i, same in enumerate(same_pose)]
+    warp = FrameWarp(warps, moved, center, cam.width, cam.height)
+    frames_ref = np.stack([warp.to_reference(f, i) for i, f in enumerate(frames)])  # in frame 0's grid
     if depth_prior_m is not None:
-        depth_prior_m = alignment.to_reference(depth_prior_m, depth_prior_frame)
+        depth_prior_m = warp.to_reference(depth_prior_m, depth_prior_frame)
     inv, colours, conf = initial_depth(frames_ref, scene, settings, depth_prior_m)
     model, grid_hw = grid_gaussians(inv, colours, scene.camera, settings.stride,
                                     ref_world_to_cam=scene.world_to_cam(0))
-    lens = LensModel.from_scene(scene, settings.calibrate_lens)
+    lens = LensModel.from_scene(scene, settings.calibrate_lens, calibrate_sweep=settings.calibrate_sweep)
     groups = [
         {"params": [model.inv_depth], "lr": settings.lr_inv_depth, "name": "inv_depth"},
         {"params": [model.uv], "lr": settings.lr_uv, "name": "uv"},
@@ -249,66 +298,116 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
         {"params": [model.opacity_logit], "lr": settings.lr_opacity, "name": "opacity"},
         {"params": [model.color_logit], "lr": settings.lr_color, "name": "color"},
     ]
-    if settings.calibrate_lens:
-        groups.append({"params": [p for p in lens.parameters() if p.requires_grad], "lr": settings.lr_lens,
-                       "name": "lens"})
+    if lens.sweep_calibrated:
+        groups.append({"params": lens.focus_parameters(), "lr": settings.lr_focus_sweep, "name": "focus_sweep"})
+    lens_params = [p for p in lens.parameters() if p.requires_grad and not (lens.sweep_calibrated
+                                                                          and p is lens.sweep_logits)]
+    if lens_params:
+        groups.append({"params": lens_params, "lr": settings.lr_lens, "name": "lens"})
     exposure = FrameExposure(len(scene.frames), frames.shape[-1], settings.exposure_compensation)
     if settings.exposure_compensation and len(scene.frames) > 1:
         groups.append({"params": list(exposure.parameters()), "lr": settings.lr_exposure, "name": "exposure"})
-    if alignment.enabled:
-        groups.append({"params": [alignment.shift_px], "lr": settings.lr_align_px, "name": "alignment"})
+    if warp.enabled:
+        groups.append({"params": [warp.warp_px], "lr": settings.lr_align_px, "name": "alignment"})
     for g in groups:
         g["initial_lr"] = g["lr"]  # the schedule's base, kept in checkpoints with the groups
     optimizer = torch.optim.Adam(groups, eps=1e-15)
-    return FitState(model=model, lens=lens, exposure=exposure, alignment=alignment, optimizer=optimizer,
-                    grid_hw=grid_hw, pose_groups=pose_groups, init_confidence=conf,
+    return FitState(model=model, lens=lens, exposure=exposure, warp=warp, optimizer=optimizer,
+                    grid_hw=grid_hw, pose_groups=pose_groups, stride=settings.stride, init_confidence=conf,
                     sigma_per_coc=settings.sigma_per_coc)
 
 
-def _camera(scene: Scene, pose: np.ndarray) -> PinholeCamera:
+# --------------------------------------------------------------------------- rendering
+
+Window = tuple[int, int, int, int]  # x0, y0, width, height (px) of a frame's pixel grid
+
+
+def _full_window(scene: Scene) -> Window:
+    return 0, 0, scene.camera.width, scene.camera.height
+
+
+def _camera(scene: Scene, pose: np.ndarray, window: Window) -> PinholeCamera:
     cam = scene.camera
-    return PinholeCamera(width=cam.width, height=cam.height, fx=cam.fx, fy=cam.fy, cx=cam.cx, cy=cam.cy,
+    x0, y0, w, h = window
+    return PinholeCamera(width=w, height=h, fx=cam.fx, fy=cam.fy, cx=cam.cx - x0, cy=cam.cy - y0,
                          world_to_cam=torch.tensor(pose, dtype=torch.float32))
 
 
-def render_frames(state: FitState, scene: Scene, backend: str, coc_scale: float = 1.0, return_coc: bool = False,
-                  inv_depth_offset: float = 0.0) -> dict[str, torch.Tensor]:
-    """Render every frame of the scene from the current Gaussians.
+def _reach_px(state: FitState, frame_ids: list[int], coc_scale: float) -> float:
+    """How far (px) a Gaussian's blurred footprint can reach from its centre in these frames: 3 sigma of its
+    size and of the largest CoC's blur, plus the pixel positions' drift."""
+    with torch.no_grad():
+        coc_max = float(state.lens.coc_px(state.model.depth_ref(), frame_ids).max()) * coc_scale
+        size_max = float(torch.exp(state.model.log_size_px[:, :2]).max())
+    return 3.0 * (state.sigma_per_coc * coc_max + size_max) + 2.0 * state.stride + 2.0
 
-    Returns ``rgb`` [F, H, W, C], ``alpha``/``depth`` [F, H, W, 1] and, on
-    request, ``coc`` [F, H, W, 1]. ``coc_scale = 0`` gives pinhole (all in
-    focus) renders; ``inv_depth_offset`` shifts every Gaussian along its ray
+
+def active_gaussians(state: FitState, scene: Scene, frame_ids: list[int], window: Window,
+                     coc_scale: float = 1.0) -> tuple[Tensor, tuple[int, int, int, int]] | None:
+    """The Gaussians that can touch ``window`` of the listed frames: ``(ids [K], (row0, row1, col0, col1))`` of
+    their block of the Gaussian grid, or None for all (the whole frame, or frames with other poses)."""
+    x0, y0, w, h = window
+    if (w, h) == (scene.camera.width, scene.camera.height) or len(state.pose_groups) > 1:
+        return None
+    corners = np.array([[x0, y0], [x0 + w, y0], [x0, y0 + h], [x0 + w, y0 + h]], np.float64)
+    ref = np.concatenate([state.warp.frame_to_reference_px(i, corners) for i in frame_ids])
+    reach = _reach_px(state, frame_ids, coc_scale)
+    gh, gw = state.grid_hw
+    s = state.stride
+    c0, c1 = max(0, math.floor((ref[:, 0].min() - reach) / s)), min(gw, math.ceil((ref[:, 0].max() + reach) / s))
+    r0, r1 = max(0, math.floor((ref[:, 1].min() - reach) / s)), min(gh, math.ceil((ref[:, 1].max() + reach) / s))
+    if r1 - r0 >= gh and c1 - c0 >= gw:
+        return None
+    ids = (torch.arange(r0, r1)[:, None] * gw + torch.arange(c0, c1)[None, :]).reshape(-1)
+    return ids, (r0, r1, c0, c1)
+
+
+def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[int] | None = None,
+                  window: Window | None = None, coc_scale: float = 1.0, warped: bool = True,
+                  active: Tensor | None = None, inv_depth_offset: float = 0.0) -> dict[str, torch.Tensor]:
+    """Render frames ``frame_ids`` (all: None) from the current Gaussians, in ``window`` of each frame's pixel
+    grid (whole frames: None).
+
+    Returns ``rgb`` [K, h, w, C] and ``alpha``/``depth`` [K, h, w, 1]. ``warped`` renders each frame where it
+    recorded the scene (its similarity warp and exposure); ``warped=False`` renders every frame in the
+    reference's grid and exposure. ``coc_scale = 0`` gives pinhole (all in focus) renders; ``active`` limits the
+    render to those Gaussians (:func:`active_gaussians`); ``inv_depth_offset`` shifts every Gaussian along its ray
     (for the sensitivity map) without changing the model.
     """
+    ids = list(range(len(scene.frames))) if frame_ids is None else list(frame_ids)
+    window = window or _full_window(scene)
     model = state.model
+    # One render per pose for the frames drawn where frame 0 is, one per warped frame.
+    calls: list[tuple[np.ndarray, list[int], int | None]] = []
+    for pose, members in state.pose_groups:
+        still = [i for i in ids if i in members and not (warped and state.warp.moved(i))]
+        if still:
+            calls.append((pose, still, None))
+        calls += [(pose, [i], i) for i in ids if i in members and warped and state.warp.moved(i)]
+    parts: dict[int, dict[str, torch.Tensor]] = {}
     if inv_depth_offset:
         with torch.no_grad():
             model.inv_depth.add_(inv_depth_offset)
     try:
-        g = model.world()
-        parts: dict[int, dict[str, torch.Tensor]] = {}
-        for pose, ids in state.pose_groups:
+        for pose, members, moved in calls:
+            g = model.world(active, state.warp.frame_params(moved) if moved is not None else None)
             z = (g.means @ torch.tensor(pose[:3, :3], dtype=g.means.dtype).T)[:, 2] + float(pose[2, 3])
-            coc = state.lens.coc_px(z.clamp_min(1e-3), ids) * coc_scale
-            out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors, _camera(scene, pose), [],
-                                 coc_px_override=coc, backend=backend, return_coc=return_coc,
-                                 sigma_per_coc=state.sigma_per_coc)
+            coc = state.lens.coc_px(z.clamp_min(1e-3), members) * coc_scale
+            out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors, _camera(scene, pose, window), [],
+                                 coc_px_override=coc, backend=backend, sigma_per_coc=state.sigma_per_coc)
             # A focal stack looks at an opaque world: divide by the accumulated alpha so that blur
             # (which lowers each splat's opacity and so the composite's coverage) cannot darken
             # a surface; the expected colour is what a pixel of an opaque scene sees.
             rgb = out.rgb / out.alpha.clamp_min(1e-3)
-            for k, i in enumerate(ids):
+            for k, i in enumerate(members):
                 parts[i] = {"rgb": rgb[k], "alpha": out.alpha[k], "depth": out.depth[k]}
-                if return_coc:
-                    parts[i]["coc"] = out.coc[k]
     finally:
         if inv_depth_offset:
             with torch.no_grad():
                 model.inv_depth.sub_(inv_depth_offset)
-    keys = parts[0].keys()
-    stacked = {k: torch.stack([parts[i][k] for i in range(len(scene.frames))]) for k in keys}
-    if coc_scale != 0:  # pinhole renders stay in the Gaussians' (frame 0's) exposure and pixel grid
-        stacked["rgb"] = state.alignment(state.exposure(stacked["rgb"]))
+    stacked = {k: torch.stack([parts[i][k] for i in ids]) for k in ("rgb", "alpha", "depth")}
+    if warped and coc_scale != 0:  # pinhole renders stay in the Gaussians' (frame 0's) exposure
+        stacked["rgb"] = state.exposure(stacked["rgb"], ids)
     return stacked
 
 
@@ -317,45 +416,122 @@ def _lr_factor(step: int, total: int, final_ratio: float) -> float:
     return final_ratio ** (step / max(1, total - 1))
 
 
+def _focus_order(scene: Scene) -> list[int]:
+    """Frame ids from the nearest focus to the farthest (ties: by f-number, then id)."""
+    return sorted(range(len(scene.frames)), key=lambda i: (scene.frames[i].focus_distance_m, scene.f_number(i), i))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The random draws of one step (its frames and window) depend on the seed and the step only, so that a
+    fit resumed after Ctrl-C in the middle of a step draws what an uninterrupted one does."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
+def step_frames(scene: Scene, k: int, gen: torch.Generator | None = None) -> list[int]:
+    """The frames of one step: all when there are at most ``k``, else one drawn from each of ``k`` consecutive
+    parts of the sweep, so that every step sees near and far focus."""
+    n = len(scene.frames)
+    if n <= k:
+        return list(range(n))
+    parts = np.array_split(np.array(_focus_order(scene)), k)
+    return sorted(int(p[int(torch.randint(len(p), (), generator=gen))]) for p in parts)
+
+
+def step_window(scene: Scene, settings: GaussianFitSettings, gen: torch.Generator | None = None) -> Window:
+    """The window of one step: the whole frame when it fits, else a random one whose centre is uniform over the
+    frame, pushed inside it, so that borders are visited about as often as the middle."""
+    width, height = scene.camera.width, scene.camera.height
+    tw, th = window_size(settings, width, height)
+    if (tw, th) == (width, height):
+        return 0, 0, width, height
+    x0 = min(max(int(torch.randint(-(tw // 2), width - tw // 2 + 1, (), generator=gen)), 0), width - tw)
+    y0 = min(max(int(torch.randint(-(th // 2), height - th // 2 + 1, (), generator=gen)), 0), height - th)
+    return x0, y0, tw, th
+
+
+_PER_GAUSSIAN = ("inv_depth", "uv", "log_size_px", "quats", "opacity_logit", "color_logit")
+
+
+def _adam_step_on(state: FitState, active: Tensor | None) -> None:
+    """``optimizer.step()`` that leaves the Gaussians outside ``active`` (and their Adam moments) as they were:
+    a Gaussian that a step cannot see gets no gradient, and plain Adam would still move it on its momentum."""
+    if active is None:
+        state.optimizer.step()
+        return
+    keep = torch.ones(state.model.n, dtype=torch.bool)
+    keep[active] = False
+    saved = []
+    for name in _PER_GAUSSIAN:
+        p = getattr(state.model, name)
+        st = state.optimizer.state.get(p, {})
+        saved.append((p, p.detach()[keep].clone(), {k: v[keep].clone() for k, v in st.items()
+                                                    if torch.is_tensor(v) and v.shape == p.shape}))
+    state.optimizer.step()
+    with torch.no_grad():
+        for p, values, moments in saved:
+            p[keep] = values
+            st = state.optimizer.state[p]
+            for k, v in moments.items():
+                st[k][keep] = v
+
+
 def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
                   on_step: Callable[[FitState, dict], None] | None = None) -> FitState:
-    """Optimise from ``state.step`` to ``settings.iterations``; ``on_step`` may save checkpoints.
+    """Optimise from ``state.step`` to the fit's step count (:func:`total_steps`); ``on_step`` may save
+    checkpoints.
 
-    A KeyboardInterrupt propagates after the last completed step, with
-    ``state`` consistent (the caller saves it).
+    Each step renders a few frames (:func:`step_frames`) in one window (:func:`step_window`) with only the
+    Gaussians that can reach it, so its cost depends on neither the stack's length nor the frame size. A
+    KeyboardInterrupt propagates after the last completed step, with ``state`` consistent (the caller saves it).
     """
     target = torch.from_numpy(frames).float()  # [F, H, W, C]
-    m = min(state.alignment.margin_px(), frames.shape[1] // 4, frames.shape[2] // 4)
-    inside = (slice(None), slice(m, frames.shape[1] - m), slice(m, frames.shape[2] - m))  # no repeated borders
-    target = target[inside]
+    total = total_steps(settings, scene.camera.width, scene.camera.height)
     smooth_weight = None
     if settings.smooth_weight > 0:
         conf = torch.from_numpy(state.init_confidence if state.init_confidence is not None
                                 else np.zeros(frames.shape[1:3], np.float32))
         block_conf = block_mean(conf, settings.stride).reshape(-1)
         smooth_weight = 1.0 - 0.5 * block_conf  # the prior matters most where the data says least
-    propagate_step = round(settings.iterations * settings.propagate_at_fraction)
-    while state.step < settings.iterations:
+    propagate_step = round(total * settings.propagate_at_fraction)
+    gh, gw = state.grid_hw
+    while state.step < total:
         if settings.propagate_smoothness > 0 and state.step == propagate_step:
             propagate_depth(state, scene, settings)
         t0 = time.perf_counter()
-        factor = _lr_factor(state.step, settings.iterations, settings.lr_final_ratio)
+        factor = _lr_factor(state.step, total, settings.lr_final_ratio)
         for group in state.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         state.optimizer.zero_grad(set_to_none=True)
-        out = render_frames(state, scene, settings.backend)
-        rgb = out["rgb"][inside]
-        loss_photo = photometric_loss(rgb, target, settings.ssim_weight)
+        gen = step_generator(settings.seed, state.step)
+        ids = step_frames(scene, settings.frames_per_step, gen)
+        window = step_window(scene, settings, gen)
+        x0, y0, w, h = window
+        picked = active_gaussians(state, scene, ids, window)
+        active = None if picked is None else picked[0]
+        rgb = render_frames(state, scene, settings.backend, ids, window, active=active)["rgb"]
+        tgt = target[ids, y0:y0 + h, x0:x0 + w]
+        if state.warp.enabled:  # pixels that show what frame 0 does not see: nothing to fit there
+            seen = torch.stack([state.warp.valid_mask(i, x0, y0, w, h) for i in ids])[..., None]
+            rgb = torch.where(seen, rgb, tgt)
+        loss_photo = photometric_loss(rgb, tgt, settings.ssim_weight)
         loss = loss_photo
         loss_smooth = torch.zeros(())
         if smooth_weight is not None:
-            loss_smooth = edge_aware_grid_smoothness(state.model.inv_depth, torch.sigmoid(state.model.color_logit),
-                                                     state.grid_hw, settings.smooth_colour_sigma, smooth_weight)
+            colours = torch.sigmoid(state.model.color_logit)
+            if picked is None:
+                loss_smooth = edge_aware_grid_smoothness(state.model.inv_depth, colours, state.grid_hw,
+                                                         settings.smooth_colour_sigma, smooth_weight)
+            else:
+                r0, r1, c0, c1 = picked[1]
+                sub = lambda t: t.view(gh, gw, *t.shape[1:])[r0:r1, c0:c1].reshape(-1, *t.shape[1:])  # noqa: E731
+                loss_smooth = edge_aware_grid_smoothness(sub(state.model.inv_depth), sub(colours),
+                                                         (r1 - r0, c1 - c0), settings.smooth_colour_sigma,
+                                                         sub(smooth_weight))
             loss = loss + settings.smooth_weight * loss_smooth
         loss.backward()
-        state.optimizer.step()
+        _adam_step_on(state, active)
         with torch.no_grad():
-            mse = float(((rgb - target) ** 2).mean())
+            mse = float(((rgb - tgt) ** 2).mean())
         record = {"step": state.step, "loss": float(loss.detach()), "photometric": float(loss_photo.detach()),
                   "smooth": float(loss_smooth.detach()), "psnr": -10 * math.log10(max(mse, 1e-12)),
                   "seconds": time.perf_counter() - t0}
@@ -366,17 +542,27 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
     return state
 
 
-def depth_sensitivity(state: FitState, scene: Scene, backend: str, delta_inv_m: float = 0.05) -> np.ndarray:
-    """How much the frames change per unit inverse depth at each pixel: ``[H, W]``.
+# At most this many frames, spread over the sweep, measure the depth sensitivity (it is an average over frames).
+SENSITIVITY_FRAMES = 8
 
-    Depth from defocus is only well posed where moving the surface changes
-    the images (texture); this measures that directly by re-rendering with
-    every Gaussian shifted along its ray by +-delta.
+
+def depth_sensitivity(state: FitState, scene: Scene, backend: str, delta_inv_m: float = 0.05) -> np.ndarray:
+    """How much the frames change per unit inverse depth at each pixel of frame 0's grid: ``[H, W]``.
+
+    Depth from defocus is only well posed where moving the surface changes the images (texture); this measures
+    that directly by re-rendering (in the reference's grid, up to :data:`SENSITIVITY_FRAMES` frames spread over
+    the sweep) with every Gaussian shifted along its ray by +-delta.
     """
+    order = _focus_order(scene)
+    picks = sorted({order[round(k)] for k in np.linspace(0, len(order) - 1, min(len(order), SENSITIVITY_FRAMES))})
+    total = None
     with torch.no_grad():
-        plus = render_frames(state, scene, backend, inv_depth_offset=delta_inv_m)["rgb"]
-        minus = render_frames(state, scene, backend, inv_depth_offset=-delta_inv_m)["rgb"]
-    return ((plus - minus).abs().sum(-1).mean(0) / (2 * delta_inv_m)).numpy()
+        for i in picks:  # one frame at a time: memory stays that of one frame on large stacks
+            plus = render_frames(state, scene, backend, [i], warped=False, inv_depth_offset=delta_inv_m)["rgb"]
+            minus = render_frames(state, scene, backend, [i], warped=False, inv_depth_offset=-delta_inv_m)["rgb"]
+            diff = (plus - minus).abs().sum(-1)[0]
+            total = diff if total is None else total + diff
+    return (total / len(picks) / (2 * delta_inv_m)).numpy()
 
 
 # Depth sensitivity (image units per 1/m of inverse depth, summed over channels) at which confidence is one half.
@@ -405,7 +591,7 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     gh, gw = state.grid_hw
     assert state.model.n == gh * gw, (state.model.n, state.grid_hw)
     with torch.no_grad():
-        alpha = render_frames(state, scene, settings.backend, coc_scale=0.0)["alpha"][0, ..., 0].clamp(0, 1).numpy()
+        alpha = render_frames(state, scene, settings.backend, [0], coc_scale=0.0)["alpha"][0, ..., 0].clamp(0, 1).numpy()
     sensitivity = depth_sensitivity(state, scene, settings.backend)
     curvature = (sensitivity / SENSITIVITY_HALF_CONFIDENCE * alpha) ** 2
     block_weight = block_mean(curvature, settings.stride)
@@ -421,7 +607,7 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     return state.propagation
 
 
-CHECKPOINT_FORMAT = "gs_dfd.fit_checkpoint/1"
+CHECKPOINT_FORMAT = "gs_dfd.fit_checkpoint/2"  # /2: per-frame similarity warps (/1: translations)
 # Settings that may differ on --resume: the step count (resume continues up to a new --iterations) and the
 # renderer, which changes speed and float rounding only.
 RESUME_FREE_SETTINGS = frozenset({"iterations", "backend"})
@@ -440,7 +626,7 @@ def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) 
         "model": state.model.state_dict(),
         "lens": state.lens.state_dict(),
         "exposure": state.exposure.state_dict(),
-        "alignment": state.alignment.state_dict(),
+        "warp": state.warp.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "grid_hw": [int(v) for v in state.grid_hw],
         "step": int(state.step),
@@ -488,12 +674,15 @@ def load_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings |
     from gs_dfd.models.checkpoint_io import require, require_state_dict, safe_load
 
     payload = safe_load(path, field, "fit checkpoint")
+    if isinstance(payload, dict) and str(payload.get("format", "")).startswith("gs_dfd.fit_checkpoint/") \
+            and payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, f"was written by another gs-dfd version ({payload.get('format')}, this one reads "
+                               f"{CHECKPOINT_FORMAT}): start the fit afresh", "format")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not a gs_dfd fit checkpoint (expected format {CHECKPOINT_FORMAT})", "format")
     what = "fit checkpoint"
     modules = {key: require_state_dict(path, payload, key, what) for key in ("model", "lens", "exposure")}
-    if "alignment" in payload:  # checkpoints from before frame alignment have none
-        modules["alignment"] = require_state_dict(path, payload, "alignment", what)
+    modules["warp"] = require_state_dict(path, payload, "warp", what)
     optimizer = require(path, payload, "optimizer", dict, what)
     grid_hw = require(path, payload, "grid_hw", (list, tuple), what)
     step = require(path, payload, "step", int, what)
@@ -513,7 +702,7 @@ def load_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings |
                                f"{tuple(state.grid_hw)}", "grid_hw")
     try:
         for key, module in (("model", state.model), ("lens", state.lens), ("exposure", state.exposure),
-                            ("alignment", state.alignment)):
+                            ("warp", state.warp)):
             if key in modules:
                 module.load_state_dict(modules[key])
         state.optimizer.load_state_dict(optimizer)

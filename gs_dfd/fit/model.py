@@ -85,17 +85,39 @@ class ScreenGaussians(nn.Module):
     def depth_ref(self) -> Tensor:  # [N]
         return 1.0 / self.inv_depth.clamp(min=1e-3, max=1.0 / self.min_depth_m)
 
-    def world(self) -> WorldGaussians:
+    def world(self, ids: Tensor | None = None, warp: tuple[Tensor, Tensor, Tensor] | None = None) -> WorldGaussians:
+        """The Gaussians ``ids`` (all: None) in world space, as the renderer takes them.
+
+        ``warp = (scale, angle_rad, shift_px [2])`` moves each Gaussian's pixel position by the similarity
+        ``uv' = c + scale R(angle) (uv - c) + shift`` about the principal point (and scales and turns its
+        footprint with it) at unchanged depth: a frame whose image is magnified, rotated or shifted against the
+        reference's (focus breathing, shake) is then rendered directly in its own pixel grid, with the same
+        CoCs. Differentiable w.r.t. the warp.
+        """
         cam = self.camera
-        z = self.depth_ref()
-        x = (self.uv[:, 0] - cam.cx) / cam.fx * z
-        y = (self.uv[:, 1] - cam.cy) / cam.fy * z
+        pick = (lambda t: t) if ids is None else (lambda t: t[ids])
+        inv_depth, uv, log_size, quats_local = pick(self.inv_depth), pick(self.uv), pick(self.log_size_px), pick(self.quats)
+        n = uv.shape[0]
+        z = 1.0 / inv_depth.clamp(min=1e-3, max=1.0 / self.min_depth_m)
+        size_scale = torch.exp(log_size)
+        if warp is not None:
+            scale, angle, shift = warp
+            c = uv.new_tensor([cam.cx, cam.cy])
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            d = uv - c
+            uv = c + scale * torch.stack([cos * d[:, 0] - sin * d[:, 1], sin * d[:, 0] + cos * d[:, 1]], -1) + shift
+            size_scale = size_scale * scale
+            half = 0.5 * angle
+            turn = torch.stack([torch.cos(half), half * 0, half * 0, torch.sin(half)])  # about the optical axis
+            quats_local = quat_multiply(turn.expand(n, 4), quats_local)
+        x = (uv[:, 0] - cam.cx) / cam.fx * z
+        y = (uv[:, 1] - cam.cy) / cam.fy * z
         means_cam = torch.stack([x, y, z], dim=-1)
         means = means_cam @ self.c2w_rot.T + self.c2w_trans
-        scales = torch.exp(self.log_size_px) * (z / cam.fx)[:, None]
-        quats = quat_multiply(self.c2w_quat.expand(self.n, 4), self.quats)
-        return WorldGaussians(means=means, quats=quats, scales=scales, opacities=torch.sigmoid(self.opacity_logit),
-                              colors=torch.sigmoid(self.color_logit), depth_ref=z)
+        scales = size_scale * (z / cam.fx)[:, None]
+        quats = quat_multiply(self.c2w_quat.expand(n, 4), quats_local)
+        return WorldGaussians(means=means, quats=quats, scales=scales, opacities=torch.sigmoid(pick(self.opacity_logit)),
+                              colors=torch.sigmoid(pick(self.color_logit)), depth_ref=z)
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:

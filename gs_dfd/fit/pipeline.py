@@ -34,7 +34,7 @@ from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
     GaussianFitSettings, build_state, depth_confidence, depth_sensitivity, fit_gaussians, load_checkpoint,
-    render_frames, save_checkpoint,
+    render_frames, save_checkpoint, total_steps, window_size,
 )
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
 from gs_dfd.utils.fill import fill_nearest
@@ -61,6 +61,10 @@ class FitSceneConfig:
     a wall); the last steps settle what moved. auto: on for focal stacks (two or more focus distances); off for
     single-focus stacks such as aperture pairs, whose textured depth can sit on the wrong side of the focus plane
     (it would spread that) and whose network start already fills textureless regions."""
+    focus_calibration: Literal["auto", "on", "off"] = "auto"
+    """Learn the focus distances of the frames between the sweep's nearest and farthest (--calibrate-sweep).
+    auto: on when the scene's distances were spaced over a range or assumed (gs-dfd import --focus-range-m or
+    --focus-unknown; scene.json source.focus_distance_m), off when they were measured or given per frame."""
     init: Literal["auto", "dff", "network", "constant"] = "auto"
     """Starting depth: dff (focus measure; needs 2+ focus distances), network (gs-dfd predict's DefocusNet +
     DepthNet on the most defocused frame: a learned near/far prior), constant (--init-depth-m). auto = dff with
@@ -87,9 +91,16 @@ class FitSceneConfig:
     def propagates(self, scene: Scene) -> bool:
         return self.propagate == "on" or (self.propagate == "auto" and _focus_count(scene) >= 2)
 
+    def calibrates_sweep(self, scene: Scene) -> bool:
+        spaced = (scene.source or {}).get("focus_distance_m") in ("range", "assumed")
+        return self.fit.calibrate_sweep or self.focus_calibration == "on" or (self.focus_calibration == "auto"
+                                                                              and spaced)
+
     def settings(self, scene: Scene) -> GaussianFitSettings:
-        """The Gaussian fit's settings for this scene: ``--propagate`` resolved into ``propagate_smoothness``."""
-        return self.fit if self.propagates(scene) else dataclasses.replace(self.fit, propagate_smoothness=0.0)
+        """The Gaussian fit's settings for this scene: ``--propagate`` resolved into ``propagate_smoothness``,
+        ``--focus-calibration`` into ``calibrate_sweep``."""
+        return dataclasses.replace(self.fit, propagate_smoothness=self.fit.propagate_smoothness
+                                   if self.propagates(scene) else 0.0, calibrate_sweep=self.calibrates_sweep(scene))
 
     def output(self) -> OutputDir:
         return OutputDir(self.out, command="fit", inputs=[("--scene", self.scene),
@@ -239,20 +250,29 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     settings = config.settings(scene)
     prior_m, prior_frame = _network_prior(config, scene, frames)
     state = build_state(scene, frames, settings, depth_prior_m=prior_m, depth_prior_frame=prior_frame)
-    if state.alignment.enabled:
-        console.print("frame shifts against frame 0 (phase correlation, refined by the fit): " + ", ".join(
-            f"{r['frame']}: ({r['shift_px'][0]:+.2f}, {r['shift_px'][1]:+.2f}) px" for r in state.alignment.report()))
+    if state.warp.enabled:
+        moved = state.warp.report()
+        shown = [r for r in moved if any(v != 0 for v in r["shift_px"]) or r["scale"] != 1.0]
+        console.print(f"{len(shown)} frames registered against frame 0 (refined by the fit): scale "
+                      f"{min(r['scale'] for r in moved):.4f}-{max(r['scale'] for r in moved):.4f}, largest shift "
+                      f"{max(float(np.hypot(*r['shift_px'])) for r in moved):.2f} px")
+    steps = total_steps(settings, scene.camera.width, scene.camera.height)
+    tw, th = window_size(settings, scene.camera.width, scene.camera.height)
+    per_step = min(len(scene.frames), settings.frames_per_step)
+    if (tw, th) != (scene.camera.width, scene.camera.height) or per_step < len(scene.frames):
+        console.print(f"{steps} steps of {per_step} of {len(scene.frames)} frames in a {tw}x{th} window of "
+                      f"{scene.camera.width}x{scene.camera.height}")
     ckpt = out / "checkpoint.pt"
     if config.resume and ckpt.is_file():
         load_checkpoint(ckpt, state, settings)
-        console.print(f"resuming from step {state.step} of {settings.iterations}")
+        console.print(f"resuming from step {state.step} of {steps}")
     elif config.resume:
         console.print("the interrupted run saved no checkpoint yet: starting from step 0")
     bar = None
     if config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=settings.iterations, initial=state.step, desc="fit", dynamic_ncols=True, leave=False)
+        bar = tqdm(total=steps, initial=state.step, desc="fit", dynamic_ncols=True, leave=False)
 
     def on_step(st, rec):
         if bar is not None:
@@ -277,28 +297,30 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
         console.print(f"depth propagated into textureless regions at step {state.propagation['step']}: "
                       f"{100 * state.propagation['moved_over_10_percent']:.0f}% of the Gaussians moved by > 10%")
     with torch.no_grad():
-        sharp = render_frames(state, scene, settings.backend, coc_scale=0.0)
-        blurred = render_frames(state, scene, settings.backend, return_coc=True)
+        sharp = render_frames(state, scene, settings.backend, [0], coc_scale=0.0)
     alpha = sharp["alpha"][0, ..., 0].numpy()
     depth_raw = sharp["depth"][0, ..., 0].numpy()
     depth = (fill_nearest(depth_raw, alpha > 0.5) if (alpha > 0.5).any() else depth_raw).astype(np.float32)
     aif = sharp["rgb"][0].clamp(0, 1).numpy()
     confidence = depth_confidence(depth_sensitivity(state, scene, settings.backend), alpha)
-    renders = blurred["rgb"].clamp(0, 1).numpy()
-    for i in range(len(scene.frames)):
-        write_png(out / "renders" / f"{i:03d}.png", renders[i])
-    _write_common(out, scene, depth, aif, confidence, blurred["coc"][..., 0].numpy())
+    per_frame = []
+    for i in console.progress(range(len(scene.frames)), "renders", enabled=config.progress and len(scene.frames) > 8):
+        with torch.no_grad():  # one frame at a time: memory stays that of one frame on long stacks
+            render = render_frames(state, scene, settings.backend, [i])["rgb"][0].clamp(0, 1).numpy()
+        write_png(out / "renders" / f"{i:03d}.png", render)
+        per_frame.append({"frame": i, **image_metrics(render, frames[i])})
+    with torch.no_grad():  # each frame's CoC of the fitted depth, through the (calibrated) lens, in frame 0's grid
+        coc_maps = state.lens.coc_px(torch.from_numpy(depth.reshape(-1)), list(range(len(scene.frames))))
+    _write_common(out, scene, depth, aif, confidence, coc_maps.reshape(-1, *depth.shape).numpy())
     g = state.model.world()
     cloud = GaussianCloud(means=g.means.detach().numpy(), quats=g.quats.detach().numpy(),
                           scales=g.scales.detach().numpy(), opacities=g.opacities.detach().numpy(),
                           colors=g.colors.detach().numpy()[:, :3] if g.colors.shape[1] >= 3
                           else np.repeat(g.colors.detach().numpy(), 3, axis=1))
     write_gaussian_ply(out / "gaussians.ply", cloud)
-    per_frame = [{"frame": i, **{k: v for k, v in image_metrics(renders[i], frames[i]).items()}}
-                 for i in range(len(scene.frames))]
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
             "lens": state.lens.report(), "exposure": state.exposure.report(),
-            "alignment": state.alignment.report() if state.alignment.enabled else None,
+            "alignment": state.warp.report() if state.warp.enabled else None,
             "propagation": state.propagation,
             "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
@@ -325,6 +347,12 @@ def _thin_lens_coc_maps(scene: Scene, depth: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(scene.lens(i).coc_px(depth), np.float32) for i in range(len(scene.frames))])
 
 
+def depth_scale(scene: Scene) -> str:
+    """"metric", or "relative" when the scene's focus distances were assumed (gs-dfd import --focus-unknown): then
+    depth.npy is in an assumed scale, right only up to an affine map of inverse depth."""
+    return "relative" if (scene.source or {}).get("depth") == "relative" else "metric"
+
+
 def _depth_metrics(config: FitSceneConfig, scene: Scene, depth: np.ndarray) -> dict | None:
     gt = scene.load_depth_gt() if config.evaluate else None  # evaluation only, after fitting
     if gt is None:
@@ -343,6 +371,7 @@ def _write_metrics(config: FitSceneConfig, out: Path, scene: Scene, frames: np.n
         "frames": result.get("frames"),
         "mean_psnr": float(np.mean([f["psnr"] for f in result["frames"]])) if result.get("frames") else None,
         "mean_ssim": float(np.mean([f["ssim"] for f in result["frames"]])) if result.get("frames") else None,
+        "depth_scale": depth_scale(scene),
         "depth": _depth_metrics(config, scene, result["depth"]),
         "lens": result.get("lens"),
         "exposure": result.get("exposure"),
