@@ -38,6 +38,14 @@ def _report(cfg: FitConfig, result: FitResult) -> None:
         d = metrics["depth"]
         console.print(f"  depth vs depth_gt ({d['range_m'][0]}-{d['range_m'][1]} m): AbsRel {d['abs_rel']:.4f}, "
                       f"RMSE {d['rmse']:.4f} m, delta1 {d['delta1']:.4f}")
-    if metrics.get("lens") and metrics["lens"]["calibrated"]:
-        console.print("  lens: " + json.dumps(metrics["lens"]))
+    lens = metrics.get("lens")
+    if lens and lens.get("sweep_calibrated"):
+        console.print("  focus sweep found (m): " + ", ".join(f"{f['focus_distance_m']:.4g}" for f in lens["frames"])
+                      + ("" if metrics.get("depth_scale") != "relative" else
+                         "  (in the assumed range: depth is relative)"))
+    if lens and lens["calibrated"] and not lens.get("sweep_calibrated"):
+        console.print("  lens: " + json.dumps(lens))
+    if metrics.get("depth_scale") == "relative":
+        console.print("  depth is RELATIVE (the focus distances were assumed): right up to an affine map of "
+                      "inverse depth")
     console.print(f"  see {cfg.out / 'summary.png'}")

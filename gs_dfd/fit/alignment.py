@@ -105,12 +105,15 @@ class FrameWarp(nn.Module):
         (at least ``border_px`` inside it), the only ones the Gaussians can explain."""
         if not self.moved(frame):
             return torch.ones(height, width, dtype=torch.bool)
-        ys, xs = np.mgrid[y0:y0 + height, x0:x0 + width]
-        ref = self.frame_to_reference_px(frame, np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], -1))
+        log_s, ang, tx, ty = self._numpy(frame)
+        cx, cy = self.center
+        dx = torch.arange(x0, x0 + width, dtype=torch.float64)[None, :] + 0.5 - cx - tx  # [1, w]
+        dy = torch.arange(y0, y0 + height, dtype=torch.float64)[:, None] + 0.5 - cy - ty  # [h, 1]
+        inv_s, cos, sin = math.exp(-log_s), math.cos(ang), math.sin(ang)
+        ref_x = cx + inv_s * (cos * dx + sin * dy)  # the inverse similarity, as in frame_to_reference_px
+        ref_y = cy + inv_s * (-sin * dx + cos * dy)
         w, h = self.size
-        ok = ((ref[:, 0] >= border_px) & (ref[:, 0] <= w - border_px) & (ref[:, 1] >= border_px)
-              & (ref[:, 1] <= h - border_px))
-        return torch.from_numpy(ok.reshape(height, width))
+        return (ref_x >= border_px) & (ref_x <= w - border_px) & (ref_y >= border_px) & (ref_y <= h - border_px)
 
     def report(self) -> list[dict]:
         """Each frame's warp as a person reads it: scale, rotation (degrees) and shift (px)."""

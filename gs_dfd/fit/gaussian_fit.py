@@ -389,8 +389,9 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
         with torch.no_grad():
             model.inv_depth.add_(inv_depth_offset)
     try:
+        selected = model.select(active)
         for pose, members, moved in calls:
-            g = model.world(active, state.warp.frame_params(moved) if moved is not None else None)
+            g = model.world(warp=state.warp.frame_params(moved) if moved is not None else None, selected=selected)
             z = (g.means @ torch.tensor(pose[:3, :3], dtype=g.means.dtype).T)[:, 2] + float(pose[2, 3])
             coc = state.lens.coc_px(z.clamp_min(1e-3), members) * coc_scale
             out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors, _camera(scene, pose, window), [],

@@ -36,12 +36,40 @@ def ssim_torch(pred: Tensor, target: Tensor) -> Tensor:
     return ssim_map.mean()
 
 
-def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2) -> Tensor:
-    """``(1 - w) L1 + w (1 - SSIM)`` as in 3DGS (Kerbl et al. 2023), over ``[B, H, W, C]``."""
+SSIM_BACKENDS = ("auto", "cpu", "torch")
+
+
+def ssim(pred: Tensor, target: Tensor, backend: str = "auto") -> Tensor:
+    """Mean SSIM (Wang et al. 2004) of ``[B, H, W, C]`` images by the chosen implementation.
+
+    ``"auto"``: the fused C++ kernel (:func:`gs_dfd.fit.ssim_cpu.ssim_cpu`) for float32 CPU images whose
+    target needs no gradient, when the extension builds; :func:`ssim_torch`, the definition, otherwise.
+    ``"cpu"`` asks for the kernel whatever the dtype (it computes in float32); both fall back to the twin,
+    with one warning per process, when the extension does not build. ``"torch"`` forces the twin.
+    """
+    assert backend in SSIM_BACKENDS, f"backend must be one of {SSIM_BACKENDS}, got {backend!r}"
+    if backend == "torch":
+        return ssim_torch(pred, target)
+    if backend == "auto":
+        eligible = (pred.device.type == "cpu" and pred.dtype == torch.float32 and target.device.type == "cpu"
+                    and not (target.requires_grad and torch.is_grad_enabled()))
+        if not eligible:
+            return ssim_torch(pred, target)
+    from gs_dfd.fit.ssim_cpu import ssim_cpu
+
+    return ssim_cpu(pred, target)  # ssim_torch, after one warning, when the extension does not build
+
+
+def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2, backend: str = "auto") -> Tensor:
+    """``(1 - w) L1 + w (1 - SSIM)`` as in 3DGS (Kerbl et al. 2023), over ``[B, H, W, C]``.
+
+    ``backend`` chooses the SSIM implementation (see :func:`ssim`): on CPU in float32 the fused C++ kernel,
+    the torch twin otherwise or with ``backend="torch"``.
+    """
     l1 = (pred - target).abs().mean()
     if ssim_weight <= 0:
         return l1
-    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim_torch(pred, target))
+    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(pred, target, backend))
 
 
 def edge_aware_grid_smoothness(values: Tensor, guide: Tensor, grid_hw: tuple[int, int], colour_sigma: float = 0.1,

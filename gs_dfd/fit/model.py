@@ -85,8 +85,16 @@ class ScreenGaussians(nn.Module):
     def depth_ref(self) -> Tensor:  # [N]
         return 1.0 / self.inv_depth.clamp(min=1e-3, max=1.0 / self.min_depth_m)
 
-    def world(self, ids: Tensor | None = None, warp: tuple[Tensor, Tensor, Tensor] | None = None) -> WorldGaussians:
-        """The Gaussians ``ids`` (all: None) in world space, as the renderer takes them.
+    def select(self, ids: Tensor | None = None) -> dict[str, Tensor]:
+        """The parameters of the Gaussians ``ids`` (all: None), gathered once (differentiable): pass them to
+        :meth:`world` for each of several frames rather than gathering per frame."""
+        names = ("inv_depth", "uv", "log_size_px", "quats", "opacity_logit", "color_logit")
+        return {k: getattr(self, k) if ids is None else getattr(self, k)[ids] for k in names}
+
+    def world(self, ids: Tensor | None = None, warp: tuple[Tensor, Tensor, Tensor] | None = None,
+              selected: dict[str, Tensor] | None = None) -> WorldGaussians:
+        """The Gaussians ``ids`` (all: None; or those already ``selected``) in world space, as the renderer
+        takes them.
 
         ``warp = (scale, angle_rad, shift_px [2])`` moves each Gaussian's pixel position by the similarity
         ``uv' = c + scale R(angle) (uv - c) + shift`` about the principal point (and scales and turns its
@@ -95,11 +103,11 @@ class ScreenGaussians(nn.Module):
         CoCs. Differentiable w.r.t. the warp.
         """
         cam = self.camera
-        pick = (lambda t: t) if ids is None else (lambda t: t[ids])
-        inv_depth, uv, log_size, quats_local = pick(self.inv_depth), pick(self.uv), pick(self.log_size_px), pick(self.quats)
+        p = selected if selected is not None else self.select(ids)
+        uv, quats_local = p["uv"], p["quats"]
         n = uv.shape[0]
-        z = 1.0 / inv_depth.clamp(min=1e-3, max=1.0 / self.min_depth_m)
-        size_scale = torch.exp(log_size)
+        z = 1.0 / p["inv_depth"].clamp(min=1e-3, max=1.0 / self.min_depth_m)
+        size_scale = torch.exp(p["log_size_px"])
         if warp is not None:
             scale, angle, shift = warp
             c = uv.new_tensor([cam.cx, cam.cy])
@@ -116,8 +124,8 @@ class ScreenGaussians(nn.Module):
         means = means_cam @ self.c2w_rot.T + self.c2w_trans
         scales = size_scale * (z / cam.fx)[:, None]
         quats = quat_multiply(self.c2w_quat.expand(n, 4), quats_local)
-        return WorldGaussians(means=means, quats=quats, scales=scales, opacities=torch.sigmoid(pick(self.opacity_logit)),
-                              colors=torch.sigmoid(pick(self.color_logit)), depth_ref=z)
+        return WorldGaussians(means=means, quats=quats, scales=scales, opacities=torch.sigmoid(p["opacity_logit"]),
+                              colors=torch.sigmoid(p["color_logit"]), depth_ref=z)
 
 
 def _logit(p: np.ndarray | float) -> np.ndarray:

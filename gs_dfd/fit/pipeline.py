@@ -394,7 +394,9 @@ def _summary_panel(config: FitSceneConfig, out: Path, scene: Scene, frames: np.n
     if gt is not None and np.any(gt > 0):
         lo, hi = np.percentile(gt[gt > 0], [2, 98])
     tiles = [frames[0], aif, depth_to_rgb(depth, lo, hi), colorize(confidence, 0, 1, cmap="viridis")]
-    titles = ["frame 0", "all in focus (fit)", f"depth ({config.method}) {lo:.2f}-{hi:.2f} m", "confidence"]
+    depth_title = (f"relative depth ({config.method}; focus assumed)" if depth_scale(scene) == "relative"
+                   else f"depth ({config.method}) {lo:.2f}-{hi:.2f} m")
+    titles = ["frame 0", "all in focus (fit)", depth_title, "confidence"]
     if gt is not None:
         tiles.insert(3, depth_to_rgb(gt, lo, hi))
         titles.insert(3, "depth_gt")
