@@ -52,6 +52,7 @@ from gs_dfd.errors import InputError
 from gs_dfd.fit.alignment import FrameWarp, estimate_frame_warps, warp_displacement_px
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.exposure import FrameExposure
+from gs_dfd.fit.frame_blur import FrameBlur
 from gs_dfd.fit.lens_calibration import LensModel
 from gs_dfd.fit.losses import edge_aware_grid_smoothness, photometric_loss
 from gs_dfd.fit.model import ScreenGaussians, block_mean, grid_gaussians
@@ -126,6 +127,12 @@ class GaussianFitSettings:
     """Learn a per-frame gain and offset against frame 0: real stacks change brightness between shots, which the
     fit would otherwise explain with blur."""
     lr_exposure: float = 0.01
+    frame_blur: bool = False
+    """(experimental) Learn a per-frame blur floor (a variance added to every Gaussian's PSF in that frame,
+    gs_dfd.fit.frame_blur) for shots softened as a whole (motion blur, a resampled stack). Off by default: on the
+    validation stacks it did not help (docs/real_stacks.md)."""
+    lr_frame_blur: float = 0.01
+    """(advanced) Adam learning rate of the blur floors (--frame-blur; px of Gaussian sigma per step)."""
     """(advanced) Adam learning rate of the per-frame exposure gain and offset."""
     align_frames: bool = True
     """Learn a per-frame similarity (scale, rotation, translation) of the frames that share frame 0's pose and that
@@ -170,7 +177,7 @@ class GaussianFitSettings:
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise InputError(None, f"must be >= {low} (got {getattr(self, name)})", setting_flag(name))
         positive = ["sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat", "lr_opacity", "lr_color",
-                    "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
+                    "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_frame_blur", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
         if self.init_depth_m is not None:
             positive.append("init_depth_m")
         for name in positive:
@@ -202,6 +209,7 @@ class FitState:
     lens: LensModel
     exposure: FrameExposure
     warp: FrameWarp
+    frame_blur: FrameBlur
     optimizer: torch.optim.Optimizer
     grid_hw: tuple[int, int]
     pose_groups: list[tuple[np.ndarray, list[int]]]  # frames sharing a pose render together
@@ -309,10 +317,13 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
         groups.append({"params": list(exposure.parameters()), "lr": settings.lr_exposure, "name": "exposure"})
     if warp.enabled:
         groups.append({"params": [warp.warp_px], "lr": settings.lr_align_px, "name": "alignment"})
+    frame_blur = FrameBlur(len(scene.frames), settings.frame_blur)
+    if settings.frame_blur:
+        groups.append({"params": [frame_blur.sigma_px], "lr": settings.lr_frame_blur, "name": "frame_blur"})
     for g in groups:
         g["initial_lr"] = g["lr"]  # the schedule's base, kept in checkpoints with the groups
     optimizer = torch.optim.Adam(groups, eps=1e-15)
-    return FitState(model=model, lens=lens, exposure=exposure, warp=warp, optimizer=optimizer,
+    return FitState(model=model, lens=lens, exposure=exposure, warp=warp, frame_blur=frame_blur, optimizer=optimizer,
                     grid_hw=grid_hw, pose_groups=pose_groups, stride=settings.stride, init_confidence=conf,
                     sigma_per_coc=settings.sigma_per_coc)
 
@@ -337,7 +348,8 @@ def _reach_px(state: FitState, frame_ids: list[int], coc_scale: float) -> float:
     """How far (px) a Gaussian's blurred footprint can reach from its centre in these frames: 3 sigma of its
     size and of the largest CoC's blur, plus the pixel positions' drift."""
     with torch.no_grad():
-        coc_max = float(state.lens.coc_px(state.model.depth_ref(), frame_ids).max()) * coc_scale
+        coc = state.lens.coc_px(state.model.depth_ref(), frame_ids) * coc_scale
+        coc_max = float(state.frame_blur(coc, frame_ids, state.sigma_per_coc).max())
         size_max = float(torch.exp(state.model.log_size_px[:, :2]).max())
     return 3.0 * (state.sigma_per_coc * coc_max + size_max) + 2.0 * state.stride + 2.0
 
@@ -394,6 +406,8 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
             g = model.world(warp=state.warp.frame_params(moved) if moved is not None else None, selected=selected)
             z = (g.means @ torch.tensor(pose[:3, :3], dtype=g.means.dtype).T)[:, 2] + float(pose[2, 3])
             coc = state.lens.coc_px(z.clamp_min(1e-3), members) * coc_scale
+            if coc_scale != 0:
+                coc = state.frame_blur(coc, members, state.sigma_per_coc)
             out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors, _camera(scene, pose, window), [],
                                  coc_px_override=coc, backend=backend, sigma_per_coc=state.sigma_per_coc)
             # A focal stack looks at an opaque world: divide by the accumulated alpha so that blur
@@ -628,6 +642,7 @@ def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) 
         "lens": state.lens.state_dict(),
         "exposure": state.exposure.state_dict(),
         "warp": state.warp.state_dict(),
+        "frame_blur": state.frame_blur.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "grid_hw": [int(v) for v in state.grid_hw],
         "step": int(state.step),
@@ -684,6 +699,7 @@ def load_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings |
     what = "fit checkpoint"
     modules = {key: require_state_dict(path, payload, key, what) for key in ("model", "lens", "exposure")}
     modules["warp"] = require_state_dict(path, payload, "warp", what)
+    modules["frame_blur"] = require_state_dict(path, payload, "frame_blur", what)
     optimizer = require(path, payload, "optimizer", dict, what)
     grid_hw = require(path, payload, "grid_hw", (list, tuple), what)
     step = require(path, payload, "step", int, what)
@@ -703,7 +719,7 @@ def load_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings |
                                f"{tuple(state.grid_hw)}", "grid_hw")
     try:
         for key, module in (("model", state.model), ("lens", state.lens), ("exposure", state.exposure),
-                            ("warp", state.warp)):
+                            ("warp", state.warp), ("frame_blur", state.frame_blur)):
             if key in modules:
                 module.load_state_dict(modules[key])
         state.optimizer.load_state_dict(optimizer)

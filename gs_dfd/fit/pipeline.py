@@ -321,6 +321,7 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     return {"depth": depth, "aif": aif, "confidence": confidence, "frames": per_frame,
             "lens": state.lens.report(), "exposure": state.exposure.report(),
             "alignment": state.warp.report() if state.warp.enabled else None,
+            "frame_blur": state.frame_blur.report(),
             "propagation": state.propagation,
             "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
@@ -376,6 +377,7 @@ def _write_metrics(config: FitSceneConfig, out: Path, scene: Scene, frames: np.n
         "lens": result.get("lens"),
         "exposure": result.get("exposure"),
         "alignment": result.get("alignment"),
+        "frame_blur": result.get("frame_blur"),
         "propagation": result.get("propagation"),
         "n_gaussians": result.get("n_gaussians"),
         "iterations": result.get("iterations"),
