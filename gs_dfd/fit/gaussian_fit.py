@@ -127,13 +127,13 @@ class GaussianFitSettings:
     """Learn a per-frame gain and offset against frame 0: real stacks change brightness between shots, which the
     fit would otherwise explain with blur."""
     lr_exposure: float = 0.01
+    """(advanced) Adam learning rate of the per-frame exposure gain and offset."""
     frame_blur: bool = False
     """(experimental) Learn a per-frame blur floor (a variance added to every Gaussian's PSF in that frame,
     gs_dfd.fit.frame_blur) for shots softened as a whole (motion blur, a resampled stack). Off by default: on the
     validation stacks it did not help (docs/real_stacks.md)."""
     lr_frame_blur: float = 0.01
     """(advanced) Adam learning rate of the blur floors (--frame-blur; px of Gaussian sigma per step)."""
-    """(advanced) Adam learning rate of the per-frame exposure gain and offset."""
     align_frames: bool = True
     """Learn a per-frame similarity (scale, rotation, translation) of the frames that share frame 0's pose and that
     registration finds displaced by at least the smallest shift (--min-shift-px) somewhere in the image: real
