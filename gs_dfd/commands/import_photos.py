@@ -65,7 +65,8 @@ class ImportConfig:
     SubjectDistance)."""
     focus_range_m: Optional[tuple[float, float]] = None
     """Nearest and farthest focus of the sweep (metres), a guess when --focus-unknown is given too: the photos are
-    spaced evenly in inverse distance between them (see --focus-spacing) in the order --focus-order gives."""
+    spaced evenly in inverse distance between them (see --focus-spacing) in the order --focus-order gives; gs-dfd
+    fit then keeps the two ends and learns where the focus of each photo between them lies."""
     focus_spacing: Literal["inverse", "linear"] = "inverse"
     """How --focus-range-m / --focus-unknown space the photos: evenly in 1/distance (a focus ring's steps) or in
     distance."""
