@@ -24,7 +24,7 @@ DEMO_OUT ?= out/demo
 # focus distances unknown and assumed over a range, so depth is relative), draw the stack, fit defocus-aware 3D
 # Gaussians to it (about two minutes on 2 cores) and export the depth as a point cloud.
 demo: $(STAMP)
-	$(BIN)/gs-dfd import $(DEMO_PHOTOS) --out $(DEMO_OUT)/keyboard --focal-length-mm 100 --f-number 2.8 \
+	$(BIN)/gs-dfd import $(DEMO_PHOTOS) --out $(DEMO_OUT)/keyboard --max-size 384 --focal-length-mm 100 --f-number 2.8 \
 		--sensor-width-mm 36 --focus-unknown --focus-range-m 0.2 0.23 --overwrite
 	$(BIN)/gs-dfd check --scene $(DEMO_OUT)/keyboard --preview $(DEMO_OUT)/stack.png --overwrite
 	$(BIN)/gs-dfd fit --scene $(DEMO_OUT)/keyboard --out $(DEMO_OUT)/fit --overwrite
