@@ -8,26 +8,23 @@ over the rows, forward and backward (the backward is the transposed blur of thre
 per-pixel partial derivatives, derived in the C++ file). ``ssim_torch`` stays the
 definition; the tests compare the two.
 
-The extension is built on first use exactly as the CPU renderer is
-(:mod:`gs_dfd.render.raster_cpu`: same flags, instruction-set choice, ninja and
+The extension is built on first use by the CPU renderer's builder
+(:func:`gs_dfd.render.raster_cpu.build_extension`: same flags, instruction-set choice, ninja and
 per-checkout cache name). When it cannot be built, :func:`ssim_cpu` warns once and
 falls back to ``ssim_torch``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from gs_dfd.render import raster_cpu
-from gs_dfd.render.raster_cpu import CFLAGS, ISA_FLAGS, cpu_isa, describe_build_error
+from gs_dfd.render.raster_cpu import build_extension, describe_build_error
 
 _EXT: Any = None
 _LOCK = threading.Lock()
@@ -35,25 +32,13 @@ _FAILED: str | None = None  # describe_build_error of the failed build; None = n
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "ssim_cpu.cpp")
 
 
-@contextlib.contextmanager
-def _interpreter_ninja_first() -> Iterator[None]:
-    """The renderer's rule for which ninja builds (see ``raster_cpu._interpreter_ninja_first``; private there, so
-    only called through this wrapper: a second extension needs it too, it could become public)."""
-    with raster_cpu._interpreter_ninja_first():
-        yield
-
-
 def load_extension(verbose: bool = False) -> Any:
     """Build (once) and import the extension; raises if the toolchain is missing."""
     global _EXT
     if _EXT is None:
-        with _LOCK, _interpreter_ninja_first():
+        with _LOCK:
             if _EXT is None:
-                from torch.utils.cpp_extension import load
-                isa = cpu_isa()
-                where = hashlib.sha1(_SRC.encode()).hexdigest()[:8]  # one cache entry per checkout
-                _EXT = load(name=f"gs_dfd_ssim_cpu_v1_{isa}_{where}", sources=[_SRC],
-                            extra_cflags=CFLAGS + ISA_FLAGS[isa], extra_ldflags=["-fopenmp"], verbose=verbose)
+                _EXT = build_extension("gs_dfd_ssim_cpu_v1", _SRC, verbose)
     return _EXT
 
 

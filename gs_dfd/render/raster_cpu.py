@@ -71,19 +71,27 @@ def _interpreter_ninja_first() -> Iterator[None]:
             os.environ["PATH"] = path
 
 
+def build_extension(stem: str, src: str, verbose: bool = False) -> Any:
+    """Compile (or take from torch's build cache) the C++/OpenMP source ``src`` with this module's flags for this
+    CPU, as ``{stem}_{isa}_{checkout}``; raises if the toolchain is missing. Shared by every C++ kernel here."""
+    from torch.utils.cpp_extension import load
+
+    isa = cpu_isa()
+    # One cache entry per checkout: two checkouts sharing a name rewrite each other's build file
+    # and rebuild on every switch (a CI clone next to a working copy did).
+    where = hashlib.sha1(src.encode()).hexdigest()[:8]
+    with _interpreter_ninja_first():
+        return load(name=f"{stem}_{isa}_{where}", sources=[src], extra_cflags=CFLAGS + ISA_FLAGS[isa],
+                    extra_ldflags=["-fopenmp"], verbose=verbose)
+
+
 def load_extension(verbose: bool = False) -> Any:
     """Build (once) and import the extension; raises if the toolchain is missing."""
     global _EXT
     if _EXT is None:
-        with _LOCK, _interpreter_ninja_first():
+        with _LOCK:
             if _EXT is None:
-                from torch.utils.cpp_extension import load
-                isa = cpu_isa()
-                # One cache entry per checkout: two checkouts sharing a name rewrite each other's build file
-                # and rebuild on every switch (a CI clone next to a working copy did).
-                where = hashlib.sha1(_SRC.encode()).hexdigest()[:8]
-                _EXT = load(name=f"gs_dfd_raster_cpu_v2_{isa}_{where}", sources=[_SRC],
-                            extra_cflags=CFLAGS + ISA_FLAGS[isa], extra_ldflags=["-fopenmp"], verbose=verbose)
+                _EXT = build_extension("gs_dfd_raster_cpu_v2", _SRC, verbose)
     return _EXT
 
 
