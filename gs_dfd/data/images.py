@@ -90,14 +90,19 @@ def _pixels(img) -> np.ndarray:
     return raw
 
 
+def check_image_size(path: Path, width: int, height: int, field: str | None = None) -> None:
+    """Refuse, in one line, an image too small to hold a defocus signal (under MIN_IMAGE_SIDE_PX on a side)."""
+    if min(width, height) < MIN_IMAGE_SIDE_PX:
+        raise InputError(path, f"image is {width}x{height}: too small (need at least "
+                               f"{MIN_IMAGE_SIDE_PX}x{MIN_IMAGE_SIDE_PX} pixels)", field)
+
+
 def _imread(path: Path, field: str | None = None) -> np.ndarray:
     """Decode an image after checking its header: too small, too large or unreadable are one-line errors."""
     img = open_image(path, field)
     with img:
         width, height = img.size
-        if min(width, height) < MIN_IMAGE_SIDE_PX:
-            raise InputError(path, f"image is {width}x{height}: too small (need at least "
-                                   f"{MIN_IMAGE_SIDE_PX}x{MIN_IMAGE_SIDE_PX} pixels)", field)
+        check_image_size(path, width, height, field)
         try:
             header = png_header(path)
             if header is not None and header[0] == 16 and header[1] in (2, 4, 6):

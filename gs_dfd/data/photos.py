@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gs_dfd.data.images import MIN_IMAGE_SIDE_PX, first_line, open_image, png_header, read_image
+from gs_dfd.data.images import check_image_size, first_line, open_image, png_header, read_image
 from gs_dfd.errors import InputError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -337,9 +337,7 @@ def probe_photo(path: Path, field: str = "PHOTOS") -> PhotoInfo:
     img = open_image(path, field)
     with img:
         width, height = img.size
-        if min(width, height) < MIN_IMAGE_SIDE_PX:
-            raise InputError(path, f"image is {width}x{height}: too small (need at least {MIN_IMAGE_SIDE_PX}x"
-                                   f"{MIN_IMAGE_SIDE_PX} pixels)", field)
+        check_image_size(path, width, height, field)
         bits = _bits(img, path)
         tiff16_rgb = img.format == "TIFF" and bits == 16 and img.mode in ("RGB", "RGBA", "RGBX")
         return PhotoInfo(path=path, width=width, height=height, bit_depth=bits, exif=exif_optics(img),
