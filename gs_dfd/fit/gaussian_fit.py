@@ -59,6 +59,7 @@ from gs_dfd.fit.model import ScreenGaussians, block_mean, grid_gaussians
 from gs_dfd.fit.propagation import propagate_inverse_depth
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.render.api import PinholeCamera, render_defocus
+from gs_dfd.render.defocus import EPS2D
 
 
 @dataclass
@@ -80,6 +81,13 @@ class GaussianFitSettings:
     frames_per_step: int = 5
     """Frames rendered per step: a longer stack is fitted a few frames at a time, one from each part of its
     sweep, so a step's cost does not grow with the number of frames."""
+    coarse_blur_sigma_px: float = 1.5
+    """(advanced) In a step, a frame is rendered at 1/2, 1/4 or 1/8 of its resolution (against the frame averaged
+    over as many pixels) when every Gaussian that reaches the window is blurred by at least this Gaussian sigma in
+    pixels of the coarser grid: a blur that wide holds nothing the finer grid would add, while its render cost
+    grows with the square of its width in pixels (coarse to fine by blur, not by time)."""
+    max_coarse_factor: int = 8
+    """(advanced) Coarsest such factor (a power of two); 1 = every frame at full resolution."""
     stride: int = 2
     """One Gaussian per stride x stride pixel block; 1 = one per pixel (slower, sharper depth edges)."""
     lr_inv_depth: float = 0.01
@@ -173,10 +181,13 @@ class GaussianFitSettings:
     def check(self) -> None:
         """Refuse a value outside its setting's range, in one line naming the flag, before any work starts."""
         for name, low in (("iterations", 1), ("stride", 1), ("dff_window_px", 3), ("tile_px", 32),
-                          ("frames_per_step", 1)):
+                          ("frames_per_step", 1), ("max_coarse_factor", 1)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise InputError(None, f"must be >= {low} (got {getattr(self, name)})", setting_flag(name))
-        positive = ["sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat", "lr_opacity", "lr_color",
+        if self.max_coarse_factor & (self.max_coarse_factor - 1):
+            raise InputError(None, f"must be a power of two (got {self.max_coarse_factor})",
+                             setting_flag("max_coarse_factor"))
+        positive = ["coarse_blur_sigma_px", "sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat", "lr_opacity", "lr_color",
                     "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_frame_blur", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
         if self.init_depth_m is not None:
             positive.append("init_depth_m")
@@ -220,6 +231,9 @@ class FitState:
     propagation: dict | None = None  # what propagate_depth did, once it ran
     sigma_per_coc: float = DISK_SIGMA_PER_COC  # the blur PSF's Gaussian sigma per CoC diameter
 
+
+# A coarse render's window keeps at least this many pixels a side (the SSIM window is 11 px).
+MIN_COARSE_WINDOW_PX = 32
 
 # Steps of a fit whose frames fit in one window; larger frames get this many per window they hold.
 BASE_ITERATIONS = 360
@@ -337,11 +351,68 @@ def _full_window(scene: Scene) -> Window:
     return 0, 0, scene.camera.width, scene.camera.height
 
 
-def _camera(scene: Scene, pose: np.ndarray, window: Window) -> PinholeCamera:
+def _camera(scene: Scene, pose: np.ndarray, window: Window, coarse: int = 1) -> PinholeCamera:
+    """The camera of ``window`` of the frame, its pixels ``coarse`` x ``coarse`` blocks of the frame's (pixel
+    centres at +0.5 in both grids, so a coarse pixel's centre is its block's)."""
     cam = scene.camera
     x0, y0, w, h = window
-    return PinholeCamera(width=w, height=h, fx=cam.fx, fy=cam.fy, cx=cam.cx - x0, cy=cam.cy - y0,
+    assert w % coarse == 0 and h % coarse == 0, (window, coarse)
+    return PinholeCamera(width=w // coarse, height=h // coarse, fx=cam.fx / coarse, fy=cam.fy / coarse,
+                         cx=(cam.cx - x0) / coarse, cy=(cam.cy - y0) / coarse,
                          world_to_cam=torch.tensor(pose, dtype=torch.float32))
+
+
+def coarse_coc_px(coc_px: Tensor, coarse: int, sigma_per_coc: float) -> Tensor:
+    """CoC diameters (frame px) -> the diameters in a grid ``coarse`` times coarser whose blur also holds the
+    averaging of a ``coarse`` x ``coarse`` block of frame pixels (variance (coarse^2 - 1) / 12 frame px^2, beyond
+    the single pixel's that the full-resolution render leaves out too), so that a coarse render matches the
+    block-averaged frame."""
+    if coarse == 1:
+        return coc_px
+    box_var = (1.0 - 1.0 / coarse**2) / 12.0  # coarse px^2
+    return torch.sqrt((coc_px / coarse) ** 2 + box_var / sigma_per_coc**2)
+
+
+def downsample_blocks(images: Tensor, coarse: int) -> Tensor:
+    """``[K, H, W, C]`` -> ``[K, H / coarse, W / coarse, C]``: the mean of each ``coarse`` x ``coarse`` block."""
+    if coarse == 1:
+        return images
+    k, h, w, c = images.shape
+    assert h % coarse == 0 and w % coarse == 0, (images.shape, coarse)
+    return images.reshape(k, h // coarse, coarse, w // coarse, coarse, c).mean(dim=(2, 4))
+
+
+def coarse_factors(state: "FitState", scene: Scene, frame_ids: list[int], window: Window, active: Tensor | None,
+                   settings: GaussianFitSettings) -> list[int]:
+    """For each frame, the factor (a power of two) by which a step renders it coarser: the largest at which every
+    Gaussian whose footprint reaches ``window`` is still blurred by ``settings.coarse_blur_sigma_px`` coarse pixels
+    or more, that divides the window and leaves it at least :data:`MIN_COARSE_WINDOW_PX` a side."""
+    x0, y0, w, h = window
+    limit = 1
+    while (limit * 2 <= settings.max_coarse_factor and w % (limit * 2) == 0 and h % (limit * 2) == 0
+           and min(w, h) // (limit * 2) >= MIN_COARSE_WINDOW_PX):
+        limit *= 2
+    if limit == 1:
+        return [1] * len(frame_ids)
+    with torch.no_grad():
+        ids = slice(None) if active is None else active
+        uv = state.model.uv[ids].double()  # [M, 2] reference px
+        size = torch.exp(state.model.log_size_px[ids, :2]).max(dim=1).values.double()  # [M]
+        coc = state.lens.coc_px(state.model.depth_ref()[ids], frame_ids)
+        sigma = (state.sigma_per_coc * state.frame_blur(coc, frame_ids, state.sigma_per_coc)).double()  # [K, M]
+    corners = np.array([[x0, y0], [x0 + w, y0], [x0, y0 + h], [x0 + w, y0 + h]], np.float64)
+    factors = []
+    for k, i in enumerate(frame_ids):
+        ref = state.warp.frame_to_reference_px(i, corners)
+        reach = 3.0 * torch.sqrt(sigma[k] ** 2 + size**2) + 2.0 * state.stride + 2.0  # [M]
+        near = ((uv[:, 0] >= ref[:, 0].min() - reach) & (uv[:, 0] <= ref[:, 0].max() + reach)
+                & (uv[:, 1] >= ref[:, 1].min() - reach) & (uv[:, 1] <= ref[:, 1].max() + reach))
+        least = float(sigma[k][near].min()) if bool(near.any()) else math.inf
+        r = 1
+        while r < limit and least / (2 * r) >= settings.coarse_blur_sigma_px:
+            r *= 2
+        factors.append(r)
+    return factors
 
 
 def _reach_px(state: FitState, frame_ids: list[int], coc_scale: float) -> float:
@@ -376,7 +447,8 @@ def active_gaussians(state: FitState, scene: Scene, frame_ids: list[int], window
 
 def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[int] | None = None,
                   window: Window | None = None, coc_scale: float = 1.0, warped: bool = True,
-                  active: Tensor | None = None, inv_depth_offset: float = 0.0) -> dict[str, torch.Tensor]:
+                  active: Tensor | None = None, inv_depth_offset: float = 0.0,
+                  coarse: int = 1) -> dict[str, torch.Tensor]:
     """Render frames ``frame_ids`` (all: None) from the current Gaussians, in ``window`` of each frame's pixel
     grid (whole frames: None).
 
@@ -384,7 +456,9 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
     recorded the scene (its similarity warp and exposure); ``warped=False`` renders every frame in the
     reference's grid and exposure. ``coc_scale = 0`` gives pinhole (all in focus) renders; ``active`` limits the
     render to those Gaussians (:func:`active_gaussians`); ``inv_depth_offset`` shifts every Gaussian along its ray
-    (for the sensitivity map) without changing the model.
+    (for the sensitivity map) without changing the model. ``coarse`` renders in a grid of ``coarse`` x ``coarse``
+    pixel blocks (``[K, h / coarse, w / coarse, C]``), to be compared with the frames' block means
+    (:func:`downsample_blocks`).
     """
     ids = list(range(len(scene.frames))) if frame_ids is None else list(frame_ids)
     window = window or _full_window(scene)
@@ -408,8 +482,10 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
             coc = state.lens.coc_px(z.clamp_min(1e-3), members) * coc_scale
             if coc_scale != 0:
                 coc = state.frame_blur(coc, members, state.sigma_per_coc)
-            out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors, _camera(scene, pose, window), [],
-                                 coc_px_override=coc, backend=backend, sigma_per_coc=state.sigma_per_coc)
+            coc = coarse_coc_px(coc, coarse, state.sigma_per_coc)
+            out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors,
+                                 _camera(scene, pose, window, coarse), [], coc_px_override=coc, backend=backend,
+                                 sigma_per_coc=state.sigma_per_coc, eps2d=EPS2D / coarse**2)
             # A focal stack looks at an opaque world: divide by the accumulated alpha so that blur
             # (which lowers each splat's opacity and so the composite's coverage) cannot darken
             # a surface; the expected colour is what a pixel of an opaque scene sees.
@@ -424,6 +500,23 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
     if warped and coc_scale != 0:  # pinhole renders stay in the Gaussians' (frame 0's) exposure
         stacked["rgb"] = state.exposure(stacked["rgb"], ids)
     return stacked
+
+
+@torch.no_grad()
+def render_frame_whole(state: FitState, scene: Scene, settings: GaussianFitSettings, frame: int,
+                       warped: bool = True, inv_depth_offset: float = 0.0) -> Tensor:
+    """Frame ``frame`` whole, ``[H, W, C]`` (``warped`` and ``inv_depth_offset`` as in :func:`render_frames`):
+    rendered as coarse as its blur allows (:func:`coarse_factors`) and interpolated back to the full pixel grid,
+    so that the outputs of a long, strongly blurred stack cost little more than its sharp frames."""
+    cam = scene.camera
+    window = _full_window(scene)
+    (r,) = coarse_factors(state, scene, [frame], window, None, settings)
+    rgb = render_frames(state, scene, settings.backend, [frame], window, warped=warped,
+                        inv_depth_offset=inv_depth_offset, coarse=r)["rgb"]  # [1, h, w, C]
+    if r > 1:  # pixel centres at +0.5 in both grids: align_corners=False
+        rgb = torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), size=(cam.height, cam.width),
+                                              mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    return rgb[0]
 
 
 def _lr_factor(step: int, total: int, final_ratio: float) -> float:
@@ -523,12 +616,20 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         x0, y0, w, h = window
         picked = active_gaussians(state, scene, ids, window)
         active = None if picked is None else picked[0]
-        rgb = render_frames(state, scene, settings.backend, ids, window, active=active)["rgb"]
-        tgt = target[ids, y0:y0 + h, x0:x0 + w]
-        if state.warp.enabled:  # pixels that show what frame 0 does not see: nothing to fit there
-            seen = torch.stack([state.warp.valid_mask(i, x0, y0, w, h) for i in ids])[..., None]
-            rgb = torch.where(seen, rgb, tgt)
-        loss_photo = photometric_loss(rgb, tgt, settings.ssim_weight)
+        factors = coarse_factors(state, scene, ids, window, active, settings)
+        loss_photo, sq_err, n_px = torch.zeros(()), 0.0, 0
+        for r in sorted(set(factors)):  # frames blurred alike render together, each at its resolution
+            members = [i for i, f in zip(ids, factors) if f == r]
+            rgb = render_frames(state, scene, settings.backend, members, window, active=active, coarse=r)["rgb"]
+            tgt = downsample_blocks(target[members, y0:y0 + h, x0:x0 + w], r)
+            if state.warp.enabled:  # pixels that show what frame 0 does not see: nothing to fit there
+                seen = torch.stack([state.warp.valid_mask(i, x0, y0, w, h) for i in members])[..., None]
+                seen = downsample_blocks(seen.float(), r) > 0.999  # a coarse pixel counts if all of its block does
+                rgb = torch.where(seen, rgb, tgt)
+            loss_photo = loss_photo + len(members) / len(ids) * photometric_loss(rgb, tgt, settings.ssim_weight)
+            with torch.no_grad():
+                sq_err += float(((rgb - tgt) ** 2).sum())
+                n_px += rgb.numel()
         loss = loss_photo
         loss_smooth = torch.zeros(())
         if smooth_weight is not None:
@@ -545,11 +646,10 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
             loss = loss + settings.smooth_weight * loss_smooth
         loss.backward()
         _adam_step_on(state, active)
-        with torch.no_grad():
-            mse = float(((rgb - tgt) ** 2).mean())
+        mse = sq_err / n_px
         record = {"step": state.step, "loss": float(loss.detach()), "photometric": float(loss_photo.detach()),
                   "smooth": float(loss_smooth.detach()), "psnr": -10 * math.log10(max(mse, 1e-12)),
-                  "seconds": time.perf_counter() - t0}
+                  "seconds": time.perf_counter() - t0, "coarse": factors}
         state.history.append(record)
         state.step += 1
         if on_step is not None:
@@ -561,21 +661,23 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
 SENSITIVITY_FRAMES = 8
 
 
-def depth_sensitivity(state: FitState, scene: Scene, backend: str, delta_inv_m: float = 0.05) -> np.ndarray:
+def depth_sensitivity(state: FitState, scene: Scene, settings: GaussianFitSettings,
+                      delta_inv_m: float = 0.05) -> np.ndarray:
     """How much the frames change per unit inverse depth at each pixel of frame 0's grid: ``[H, W]``.
 
     Depth from defocus is only well posed where moving the surface changes the images (texture); this measures
     that directly by re-rendering (in the reference's grid, up to :data:`SENSITIVITY_FRAMES` frames spread over
-    the sweep) with every Gaussian shifted along its ray by +-delta.
+    the sweep) with every Gaussian shifted along its ray by +-delta; strongly blurred frames are rendered coarse
+    (:func:`render_frame_whole`).
     """
     order = _focus_order(scene)
     picks = sorted({order[round(k)] for k in np.linspace(0, len(order) - 1, min(len(order), SENSITIVITY_FRAMES))})
     total = None
     with torch.no_grad():
         for i in picks:  # one frame at a time: memory stays that of one frame on large stacks
-            plus = render_frames(state, scene, backend, [i], warped=False, inv_depth_offset=delta_inv_m)["rgb"]
-            minus = render_frames(state, scene, backend, [i], warped=False, inv_depth_offset=-delta_inv_m)["rgb"]
-            diff = (plus - minus).abs().sum(-1)[0]
+            plus = render_frame_whole(state, scene, settings, i, warped=False, inv_depth_offset=delta_inv_m)
+            minus = render_frame_whole(state, scene, settings, i, warped=False, inv_depth_offset=-delta_inv_m)
+            diff = (plus - minus).abs().sum(-1)
             total = diff if total is None else total + diff
     return (total / len(picks) / (2 * delta_inv_m)).numpy()
 
@@ -607,7 +709,7 @@ def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings
     assert state.model.n == gh * gw, (state.model.n, state.grid_hw)
     with torch.no_grad():
         alpha = render_frames(state, scene, settings.backend, [0], coc_scale=0.0)["alpha"][0, ..., 0].clamp(0, 1).numpy()
-    sensitivity = depth_sensitivity(state, scene, settings.backend)
+    sensitivity = depth_sensitivity(state, scene, settings)
     curvature = (sensitivity / SENSITIVITY_HALF_CONFIDENCE * alpha) ** 2
     block_weight = block_mean(curvature, settings.stride)
     assert block_weight.shape == (gh, gw), (block_weight.shape, state.grid_hw)

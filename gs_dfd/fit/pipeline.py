@@ -34,7 +34,7 @@ from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
     GaussianFitSettings, build_state, depth_confidence, depth_sensitivity, fit_gaussians, load_checkpoint,
-    render_frames, save_checkpoint, total_steps, window_size,
+    render_frame_whole, render_frames, save_checkpoint, total_steps, window_size,
 )
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
 from gs_dfd.utils.fill import fill_nearest
@@ -302,11 +302,11 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     depth_raw = sharp["depth"][0, ..., 0].numpy()
     depth = (fill_nearest(depth_raw, alpha > 0.5) if (alpha > 0.5).any() else depth_raw).astype(np.float32)
     aif = sharp["rgb"][0].clamp(0, 1).numpy()
-    confidence = depth_confidence(depth_sensitivity(state, scene, settings.backend), alpha)
+    confidence = depth_confidence(depth_sensitivity(state, scene, settings), alpha)
     per_frame = []
     for i in console.progress(range(len(scene.frames)), "renders", enabled=config.progress and len(scene.frames) > 8):
         with torch.no_grad():  # one frame at a time: memory stays that of one frame on long stacks
-            render = render_frames(state, scene, settings.backend, [i])["rgb"][0].clamp(0, 1).numpy()
+            render = render_frame_whole(state, scene, settings, i).clamp(0, 1).numpy()
         write_png(out / "renders" / f"{i:03d}.png", render)
         per_frame.append({"frame": i, **image_metrics(render, frames[i])})
     with torch.no_grad():  # each frame's CoC of the fitted depth, through the (calibrated) lens, in frame 0's grid
