@@ -306,6 +306,9 @@ def test_resume_mismatches():
     assert resume_mismatches(older, _resolved(dataclasses.replace(base, fit_sigma_per_coc=0.3))) == [
         "--fit-sigma-per-coc"]
     assert resume_mismatches(saved, _resolved(dataclasses.replace(base, method="d3net"))) == ["--method"]
+    # the camera-effect settings are named as their flags are spelled (--augment.*)
+    augmented = dataclasses.replace(base, augment=dataclasses.replace(base.augment, enabled=True))
+    assert resume_mismatches(saved, _resolved(augmented)) == ["--augment.enabled"]
 
 
 def test_resume_changes_show_both_values():

@@ -33,6 +33,7 @@ def _err(rc: int, capsys, *needles: str) -> str:
     (["predict", "--max-megapixels", "0"], "--max-megapixels"),
     (["train", "--lr", "nan"], "--lr"),
     (["train", "--fit-sigma-per-coc", "inf"], "--fit-sigma-per-coc"),
+    (["train", "--augment.exposure-max-ev", "nan"], "--augment.exposure-max-ev"),
 ])
 def test_numeric_flags_are_checked(tiny_scene, tmp_path, capsys, argv, flag):
     command, *rest = argv

@@ -61,16 +61,17 @@ def _resume_differences(saved_config: dict, config: dict) -> list[tuple[str, Any
     method = config.get("method", defaults.get("method"))
     changed: list[tuple[str, Any, Any]] = []
 
-    def compare(saved: dict, new: dict, default: dict, top: bool) -> None:
+    def compare(saved: dict, new: dict, default: dict, top: bool, section: str = "") -> None:
         for key, value in new.items():
             if top and key in RESUME_FREE:
                 continue
             old = saved.get(key, default.get(key))
             if isinstance(value, dict) and isinstance(old, dict):
                 sub = default.get(key)
-                compare(old, value, sub if isinstance(sub, dict) else {}, False)
+                compare(old, value, sub if isinstance(sub, dict) else {}, False, key)
             elif _json_like(old) != _json_like(value):
-                changed.append(("--" + key.replace("_", "-"), old, value))
+                prefix = "augment." if section == "augment" else ""  # its flags keep their section's name
+                changed.append(("--" + prefix + key.replace("_", "-"), old, value))
 
     relevant = {k: v for k, v in _json_like(config).items() if k not in unused_settings(method)}
     compare(saved_config if isinstance(saved_config, dict) else {}, relevant, defaults, True)

@@ -2,7 +2,7 @@
 
 Precedence: defaults < ``--config FILE.yaml`` < flags on the command line.
 The YAML mirrors the dataclass (nested sections for ``weights``,
-``defocus_net``, ``depth_net``, ``d3net``, ``mddnet``); an unknown key is an error naming the file
+``defocus_net``, ``depth_net``, ``d3net``, ``mddnet``, ``augment``); an unknown key is an error naming the file
 and key, so a typo never silently trains the wrong thing. The committed configs (configs/*.yaml) list only
 what differs from these defaults, so each one reads as its recipe.
 """
@@ -22,6 +22,7 @@ from gs_dfd.models.depth_net import DepthNetConfig
 from gs_dfd.models.mddnet import MDDNetConfig
 from gs_dfd.models.registry import DEFAULT_METHOD, NETWORK_SECTIONS, get_method, method_names
 from gs_dfd.optics.thin_lens import LSQ_DISK_SIGMA_PER_COC
+from gs_dfd.train.augment import CameraAugmentConfig
 from gs_dfd.train.losses import LossWeights
 
 MethodName = Literal[method_names()]  # type: ignore[valid-type]
@@ -36,13 +37,13 @@ class TrainConfig:
     by the scenes' Gaussian fits (no ground-truth depth, no all-in-focus image); dered: the same with the fit's
     AIF re-blurred in image space instead of the Gaussians re-rendered (ablation); d3net, mddnet: supervised
     baselines trained on depth_gt (no fits). Run under ``torchrun --nproc_per_node N`` for data-parallel
-    training (gloo on CPU, NCCL on GPU)."""
+    training (gloo on CPU, NCCL on GPU): every process fits its share of the uncached scenes, then trains."""
 
     out: Path
     """Run folder: checkpoint.pt, model.pt (weights for predict), config.json, log.jsonl, TensorBoard events."""
     config: Optional[Path] = None
-    """YAML file with any of these fields (nested sections for weights/defocus_net/depth_net/d3net/mddnet); flags
-    win."""
+    """YAML file with any of these fields (nested sections for weights/defocus_net/depth_net/d3net/mddnet/augment);
+    flags win."""
     scenes: tuple[Path, ...] = ()
     """Training scene folders, or folders of scene folders."""
     method: MethodName = DEFAULT_METHOD
@@ -53,7 +54,8 @@ class TrainConfig:
     (He et al. 2022). d3net and mddnet read depth_gt and need no Gaussian fits; each pair's two frames are two
     training images for them."""
     fit_cache: Optional[Path] = None
-    """Where the per-scene Gaussian fits are cached (default: OUT/fits); reused across runs (gs-siamese, dered)."""
+    """Where the per-scene Gaussian fits are cached (default: OUT/fits); reused across runs (gs-siamese, dered).
+    Under torchrun each process fits its share of the uncached scenes into it."""
     fit_iterations: int = 80
     """Optimisation steps of each scene's one-off Gaussian fit."""
     fit_propagate: Literal["auto", "on", "off"] = "auto"
@@ -85,6 +87,9 @@ class TrainConfig:
     """D3Net architecture (method d3net)."""
     mddnet: MDDNetConfig = field(default_factory=MDDNetConfig)
     """MDDNet architecture (method mddnet)."""
+    augment: CameraAugmentConfig = field(default_factory=CameraAugmentConfig)
+    """Random camera effects (white balance, exposure, vignetting, sensor noise, tone, JPEG) on the frames the
+    network reads, never on the loss targets (--augment.enabled; off by default)."""
     supervised: bool = False
     """Comparison only: anchor to depth_gt instead of the fit (reads ground truth; not self-supervised).
     Always on for d3net and mddnet."""

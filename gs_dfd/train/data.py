@@ -130,7 +130,9 @@ class CropRef:
 
 @dataclass
 class Batch:
-    """Frame pairs of B crops; the second axis is the siamese pair."""
+    """Frame pairs of B crops; the second axis is the siamese pair. ``images`` are the frames as stored, what
+    the self-supervised losses compare with; ``net_images`` what the network reads: the same frames, or copies
+    through random camera effects (:mod:`gs_dfd.train.augment`)."""
 
     images: Tensor  # [B, 2, 3, h, w] (flipped where ref.flip)
     lenses: Tensor  # [B, 2, 4]
@@ -138,6 +140,16 @@ class Batch:
     fit_confidence: Tensor  # [B, 1, h, w]
     depth_gt: Tensor | None  # [B, 1, h, w] (supervised mode only)
     refs: list[CropRef]
+    net_images: Tensor | None = None  # [B, 2, 3, h, w] the network's input; None: images
+
+    def __post_init__(self) -> None:
+        if self.net_images is not None:
+            assert self.net_images.shape == self.images.shape, (self.net_images.shape, self.images.shape)
+
+    @property
+    def network_input(self) -> Tensor:
+        """``[B, 2, 3, h, w]`` the frames the network reads (``net_images``, else the stored ``images``)."""
+        return self.images if self.net_images is None else self.net_images
 
 
 def _flip(x: Tensor, flip: bool) -> Tensor:

@@ -1,11 +1,14 @@
 """The training loop: one process, or many under ``torchrun`` (DistributedDataParallel).
 
 Each process draws its own crops from a sampler seeded by (seed, rank, step),
-so a run is reproducible on CPU and resumes exactly from a checkpoint. Rank 0
-fits the uncached scenes (the methods that learn from the fit), writes logs
-and checkpoints; the others wait. What depends on the method (network, loss,
-fit or depth_gt) is looked up in :mod:`gs_dfd.models.registry`; the losses it
-names are the ``*_losses`` functions here.
+and, with ``augment.enabled``, the camera effects on the network's input frames
+from a generator seeded by (seed, rank, step, 1): a run is reproducible on CPU
+and resumes exactly from a checkpoint. Every process fits its share of the
+uncached scenes (the methods that learn from the fit); rank 0 writes logs and
+checkpoints. What depends on the method (network, loss, fit or depth_gt) is
+looked up in :mod:`gs_dfd.models.registry`; the losses it names are the
+``*_losses`` functions here. The self-supervised losses compare with the clean
+frames (``Batch.images``); the networks read ``Batch.network_input``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from gs_dfd.models.checkpoint_io import load_checkpoint
 from gs_dfd.models.registry import build_model, get_method, method_of, new_model
 from gs_dfd.optics.thin_lens import LensBatch
 from gs_dfd.train import losses as L
+from gs_dfd.train.augment import augment_frames, check_augment_config
 from gs_dfd.train.checkpoint import export_weights, resume_changes, save_checkpoint
 from gs_dfd.train.config import TrainConfig
 from gs_dfd.train.data import Batch, TrainScene, find_scenes, load_train_scene, sample_batch
@@ -65,6 +69,7 @@ def validate(cfg: TrainConfig) -> None:
         raise InputError(cfg.config, f"need one or more sigmas > 0 (got {sigmas})", "--reblur-sigmas-px")
     if not cfg.lr > 0 or not 0 < cfg.lr_final_ratio <= 1:
         raise InputError(None, "need lr > 0 and 0 < lr_final_ratio <= 1", "--lr")
+    check_augment_config(cfg.augment, cfg.config)
     if not cfg.scenes:
         raise InputError(cfg.config, "no training scenes: give --scenes (or scenes: in the YAML)", "scenes")
     if cfg.init_weights is not None and not cfg.init_weights.is_file():
@@ -175,7 +180,7 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
     loss (a)'s images of the pair from its CoC maps."""
     w = cfg.weights
     b, _, c, h, wd = batch.images.shape
-    out = model(batch.images.reshape(2 * b, c, h, wd), batch.lenses.reshape(2 * b, 4))
+    out = model(batch.network_input.reshape(2 * b, c, h, wd), batch.lenses.reshape(2 * b, 4))
     coc = out["coc"].view(b, 2, 1, h, wd)
     depth = out["depth"].view(b, 2, 1, h, wd)
     lens = [batch.lenses[:, 0], batch.lenses[:, 1]]
@@ -183,7 +188,7 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
 
     if w.render > 0:
         renders = renderer(batch, scenes, coc, cfg)
-        target = batch.images.permute(0, 1, 3, 4, 2)  # [B, 2, h, w, 3]
+        target = batch.images.permute(0, 1, 3, 4, 2)  # [B, 2, h, w, 3], the clean frames
         terms["render"] = L.render_loss(renders.reshape(2 * b, h, wd, 3), target.reshape(2 * b, h, wd, 3), w.render_ssim)
     terms["siamese"] = L.siamese_loss(depth[:, 0], depth[:, 1])
     cocs_fixed = [coc[:, 0].detach(), coc[:, 1].detach()]
@@ -197,7 +202,7 @@ def _siamese_losses(model: torch.nn.Module, batch: Batch, scenes: list[TrainScen
     a_depth, a_coc = zip(*(L.anchor_losses(depth[:, k], coc[:, k], lens[k], anchor, weight) for k in range(2)))
     terms["anchor_depth"] = 0.5 * (a_depth[0] + a_depth[1])
     terms["anchor_coc"] = 0.5 * (a_coc[0] + a_coc[1])
-    imgs = batch.images.reshape(2 * b, c, h, wd)
+    imgs = batch.images.reshape(2 * b, c, h, wd)  # edges of the clean frames guide the smoothness
     k_px = LensBatch.from_rows(batch.lenses.reshape(2 * b, 4)).coc_scale_px.view(-1, 1, 1, 1)
     terms["smooth"] = (L.edge_aware_smoothness(1.0 / out["depth"], imgs)
                        + L.edge_aware_smoothness(out["coc"] / k_px + 0.05, imgs))
@@ -212,7 +217,7 @@ def _supervised_losses(model: torch.nn.Module, batch: Batch, cfg: TrainConfig, c
     if batch.depth_gt is None:
         raise GsDfdError(f"{cfg.method} is supervised: its batches need depth_gt (load scenes with supervised=True)")
     b, _, c, h, wd = batch.images.shape
-    images = batch.images.reshape(2 * b, c, h, wd)
+    images = batch.network_input.reshape(2 * b, c, h, wd)
     lenses = batch.lenses.reshape(2 * b, 4)
     gt = batch.depth_gt[:, None].expand(b, 2, 1, h, wd).reshape(2 * b, 1, h, wd)
     out = model(images, lenses)
@@ -233,7 +238,7 @@ class _Run:
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
         if self.distributed and not dist.is_initialized():
-            # Rank 0 may spend a long time fitting uncached scenes while the others wait at a barrier.
+            # A process may wait a long time at a barrier for the others' shares of the fit cache.
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
                                     timeout=datetime.timedelta(hours=12))
 
@@ -304,9 +309,10 @@ def _train(cfg: TrainConfig, run: _Run, work: Path) -> dict:
         if cfg.resume:
             _check_resume(cfg, resolved, work, run.world)
         write_json_atomic(work / "config.json", {"command": "train", **resolved, "world_size": run.world})
-        if needs_fit:
-            ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress, cfg.fit_propagate,
-                        cfg.fit_sigma_per_coc)
+    if needs_fit:  # every process fits its share of the uncached scenes
+        run.barrier()  # ... once rank 0 has set up the run folder (the default cache is in it)
+        ensure_fits(scene_dirs, cache, cfg.fit_iterations, cfg.backend, cfg.progress and run.main, cfg.fit_propagate,
+                    cfg.fit_sigma_per_coc, rank=run.rank, world=run.world, barrier=run.barrier)
     run.barrier()
     t_fit = time.perf_counter() - t_start
     scenes = [load_train_scene(s, cache / s.name if needs_fit else None, supervised=cfg.supervised,
@@ -349,6 +355,9 @@ def _train(cfg: TrainConfig, run: _Run, work: Path) -> dict:
                 group["lr"] = _lr(cfg, step)
             rng = np.random.default_rng([cfg.seed, run.rank, step])
             batch = sample_batch(scenes, rng, cfg.batch_size, cfg.crop_hw, cfg.flips)
+            if cfg.augment.enabled:  # its own generator: the crops stay those of an unaugmented run
+                aug_rng = np.random.default_rng([cfg.seed, run.rank, step, 1])
+                batch = dataclasses.replace(batch, net_images=augment_frames(batch.images, aug_rng, cfg.augment))
             terms = compute_losses(net, batch, scenes, cfg)
             if not torch.isfinite(terms["total"]):
                 raise GsDfdError(f"loss is not finite at step {step}: lower --lr (was {cfg.lr})")
