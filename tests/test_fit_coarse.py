@@ -75,12 +75,29 @@ def test_coarse_factors_follow_the_least_blur_that_reaches_the_window(blurred_st
     assert gf.coarse_factors(state, scene, [0], window, None, replace(loose, coarse_blur_sigma_px=0.01)) == [2]
 
 
+def test_a_quantile_of_sharper_gaussians_may_be_rendered_coarse(blurred_stack):
+    scene, _, settings, state = _state(blurred_stack)
+    window = gf._full_window(scene)
+    # Frame 0's blur sigma: 10% quantile 2.85 px, 30% quantile 3.16 px: halving keeps >= 1.5 px only for the
+    # Gaussians above the 30% quantile.
+    assert gf.coarse_factors(state, scene, [0, 1, 2], window, None, settings, quantile=0.1) == [1, 1, 1]
+    assert gf.coarse_factors(state, scene, [0, 1, 2], window, None, settings, quantile=0.3) == [2, 1, 1]
+    assert gf.coarse_factors(state, scene, [0, 1, 2], window, None, settings, quantile=0.9) == [2, 1, 1]
+
+
 def test_a_fit_step_renders_strongly_blurred_frames_coarse(blurred_stack):
-    scene, frames, settings, _ = _state(blurred_stack, coarse_blur_sigma_px=1.0, propagate_smoothness=0.0)
+    scene, frames, settings, _ = _state(blurred_stack, coarse_blur_sigma_px=1.0, propagate_smoothness=0.0,
+                                        coarse_blur_quantile=0.0)
     settings = replace(settings, iterations=2)
     state = build_state(scene, frames, settings)
     gf.fit_gaussians(state, scene, frames, settings)
     assert [rec["coarse"] for rec in state.history] == [[2, 1, 1], [2, 1, 1]]
+    # Early steps let the least blurred 30% be rendered coarser than their blur merits; the last steps do not.
+    early = replace(settings, iterations=4, coarse_blur_sigma_px=2.0, coarse_blur_quantile=0.5,
+                    coarse_until_fraction=0.5)
+    state = build_state(scene, frames, early)
+    gf.fit_gaussians(state, scene, frames, early)
+    assert [rec["coarse"] for rec in state.history] == [[2, 1, 1], [2, 1, 1], [1, 1, 1], [1, 1, 1]]
     assert all(torch.isfinite(torch.tensor(rec["loss"])) for rec in state.history)
     whole = gf.render_frame_whole(state, scene, settings, 0)
     assert whole.shape == (96, 128, 3)

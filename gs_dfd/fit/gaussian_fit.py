@@ -86,6 +86,13 @@ class GaussianFitSettings:
     over as many pixels) when every Gaussian that reaches the window is blurred by at least this Gaussian sigma in
     pixels of the coarser grid: a blur that wide holds nothing the finer grid would add, while its render cost
     grows with the square of its width in pixels (coarse to fine by blur, not by time)."""
+    coarse_blur_quantile: float = 0.1
+    """(advanced) Before --coarse-until-fraction of the steps, this share of the Gaussians that reach the window
+    may be blurred less than --coarse-blur-sigma-px on the coarser grid: a noisy starting depth scatters a few
+    Gaussians into every frame's focus, which would otherwise keep every frame at full resolution. 0 = none."""
+    coarse_until_fraction: float = 0.75
+    """(advanced) Fraction of the steps after which no Gaussian that reaches the window may be blurred less than
+    --coarse-blur-sigma-px on a coarse grid, so that the last steps settle the finest detail."""
     max_coarse_factor: int = 8
     """(advanced) Coarsest such factor (a power of two); 1 = every frame at full resolution."""
     stride: int = 2
@@ -199,7 +206,7 @@ class GaussianFitSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InputError(None, f"must be a finite number >= 0 (got {value})", setting_flag(name))
-        for name in ("ssim_weight", "propagate_at_fraction"):
+        for name in ("ssim_weight", "propagate_at_fraction", "coarse_blur_quantile", "coarse_until_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(None, f"must be in [0, 1] (got {getattr(self, name)})", setting_flag(name))
         if not 0 < self.lr_final_ratio <= 1:
@@ -383,10 +390,11 @@ def downsample_blocks(images: Tensor, coarse: int) -> Tensor:
 
 
 def coarse_factors(state: "FitState", scene: Scene, frame_ids: list[int], window: Window, active: Tensor | None,
-                   settings: GaussianFitSettings) -> list[int]:
+                   settings: GaussianFitSettings, quantile: float = 0.0) -> list[int]:
     """For each frame, the factor (a power of two) by which a step renders it coarser: the largest at which every
-    Gaussian whose footprint reaches ``window`` is still blurred by ``settings.coarse_blur_sigma_px`` coarse pixels
-    or more, that divides the window and leaves it at least :data:`MIN_COARSE_WINDOW_PX` a side."""
+    Gaussian whose footprint reaches ``window`` (all but the ``quantile`` least blurred of them) is still blurred by
+    ``settings.coarse_blur_sigma_px`` coarse pixels or more, that divides the window and leaves it at least
+    :data:`MIN_COARSE_WINDOW_PX` a side."""
     x0, y0, w, h = window
     limit = 1
     while (limit * 2 <= settings.max_coarse_factor and w % (limit * 2) == 0 and h % (limit * 2) == 0
@@ -407,7 +415,9 @@ def coarse_factors(state: "FitState", scene: Scene, frame_ids: list[int], window
         reach = 3.0 * torch.sqrt(sigma[k] ** 2 + size**2) + 2.0 * state.stride + 2.0  # [M]
         near = ((uv[:, 0] >= ref[:, 0].min() - reach) & (uv[:, 0] <= ref[:, 0].max() + reach)
                 & (uv[:, 1] >= ref[:, 1].min() - reach) & (uv[:, 1] <= ref[:, 1].max() + reach))
-        least = float(sigma[k][near].min()) if bool(near.any()) else math.inf
+        reaching = sigma[k][near]
+        least = (float(reaching.kthvalue(max(1, int(quantile * reaching.numel()))).values) if reaching.numel()
+                 else math.inf)
         r = 1
         while r < limit and least / (2 * r) >= settings.coarse_blur_sigma_px:
             r *= 2
@@ -616,7 +626,9 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         x0, y0, w, h = window
         picked = active_gaussians(state, scene, ids, window)
         active = None if picked is None else picked[0]
-        factors = coarse_factors(state, scene, ids, window, active, settings)
+        early = state.step < settings.coarse_until_fraction * total
+        factors = coarse_factors(state, scene, ids, window, active, settings,
+                                 settings.coarse_blur_quantile if early else 0.0)
         loss_photo, sq_err, n_px = torch.zeros(()), 0.0, 0
         for r in sorted(set(factors)):  # frames blurred alike render together, each at its resolution
             members = [i for i, f in zip(ids, factors) if f == r]
