@@ -31,7 +31,8 @@ def long_stack(tmp_path_factory) -> Path:
 def test_default_steps_grow_with_the_windows_a_frame_holds():
     s = GaussianFitSettings()
     assert total_steps(s, 320, 240) == gf.BASE_ITERATIONS  # one window: the steps of a small fit
-    assert total_steps(s, 768, 768) == 4 * gf.BASE_ITERATIONS
+    assert total_steps(s, 768, 768) == 2 * gf.BASE_ITERATIONS  # four windows: twice the steps
+    assert total_steps(s, 1536, 1536) == 4 * gf.BASE_ITERATIONS
     assert total_steps(replace(s, iterations=7), 4000, 3000) == 7  # an explicit count is kept
 
 

@@ -72,8 +72,9 @@ class GaussianFitSettings:
 
     iterations: Optional[int] = None
     """Optimisation steps; the learning rates decay over them, so more steps also means finer last steps.
-    Default: 360 when a frame fits in one window (--tile-px), else 360 times the number of windows a frame
-    holds, so that every part of a large frame is visited as often as a small frame is."""
+    Default: 360 when a frame fits in one window (--tile-px), else 360 times the square root of the number of
+    windows a frame holds: a larger frame needs more steps to visit every part, but not as many visits of each
+    part as a small frame gets (docs/real_stacks.md, "Fit cost")."""
     tile_px: int = 384
     """(advanced) Largest side (px) of the window of a frame rendered per step: a larger frame is fitted one
     random window at a time, with only the Gaussians that can reach it, so a step's cost does not grow with the
@@ -242,7 +243,8 @@ class FitState:
 # A coarse render's window keeps at least this many pixels a side (the SSIM window is 11 px).
 MIN_COARSE_WINDOW_PX = 32
 
-# Steps of a fit whose frames fit in one window; larger frames get this many per window they hold.
+# Steps of a fit whose frames fit in one window; larger frames get this many times the square root of the number of
+# windows they hold.
 BASE_ITERATIONS = 360
 
 
@@ -252,11 +254,12 @@ def window_size(settings: GaussianFitSettings, width: int, height: int) -> tuple
 
 
 def total_steps(settings: GaussianFitSettings, width: int, height: int) -> int:
-    """The fit's step count: ``--iterations``, or by default :data:`BASE_ITERATIONS` per window a frame holds."""
+    """The fit's step count: ``--iterations``, or by default :data:`BASE_ITERATIONS` times the square root of the
+    number of windows a frame holds."""
     if settings.iterations is not None:
         return settings.iterations
     tw, th = window_size(settings, width, height)
-    return round(BASE_ITERATIONS * max(1.0, width * height / (tw * th)))
+    return round(BASE_ITERATIONS * math.sqrt(max(1.0, width * height / (tw * th))))
 
 
 def _pose_groups(scene: Scene) -> list[tuple[np.ndarray, list[int]]]:
