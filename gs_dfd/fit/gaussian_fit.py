@@ -195,8 +195,9 @@ class GaussianFitSettings:
         if self.max_coarse_factor & (self.max_coarse_factor - 1):
             raise InputError(None, f"must be a power of two (got {self.max_coarse_factor})",
                              setting_flag("max_coarse_factor"))
-        positive = ["coarse_blur_sigma_px", "sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat", "lr_opacity", "lr_color",
-                    "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_frame_blur", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
+        positive = ["coarse_blur_sigma_px", "sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat",
+                    "lr_opacity", "lr_color", "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_frame_blur",
+                    "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
         if self.init_depth_m is not None:
             positive.append("init_depth_m")
         for name in positive:
