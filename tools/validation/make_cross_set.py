@@ -253,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=baselines)
     args = ap.parse_args(argv)
-    return args.func(args)
+    from gs_dfd.cli import run_guarded
+
+    return run_guarded(args.func, args)  # bad input: one line, exit 2, no traceback
 
 
 if __name__ == "__main__":
