@@ -13,7 +13,6 @@ import math
 import os
 import re
 import sys
-import typing
 from typing import Callable
 
 from gs_dfd.console import console
@@ -101,11 +100,11 @@ def _non_finite_flag(cfg: object) -> str | None:
     configs' flags carry no prefix (``tyro.conf.OmitArgPrefixes``, see :func:`main`)."""
     if not dataclasses.is_dataclass(cfg):
         return None
-    hints = typing.get_type_hints(type(cfg), include_extras=True)
+    from gs_dfd.utils.flags import flag_name
+
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        named = [m.name for m in getattr(hints.get(f.name), "__metadata__", ()) if isinstance(getattr(m, "name", None), str)]
-        flag = "--" + (named[0] if named else f.name).replace("_", "-")  # a field renamed by tyro.conf.arg
+        flag = flag_name(type(cfg), f.name)
         if dataclasses.is_dataclass(value):
             found = _non_finite_flag(value)
             if found:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from gs_dfd.models.checkpoint_io import FORMAT, WEIGHTS_FORMAT, to_plain
 from gs_dfd.models.registry import DEFAULT_METHOD
 from gs_dfd.train.config import TrainConfig, unused_settings
 from gs_dfd.utils.atomic import write_bytes_atomic
+from gs_dfd.utils.flags import flag_name
 
 
 def _save(path: Path, obj: dict) -> None:
@@ -61,20 +63,22 @@ def _resume_differences(saved_config: dict, config: dict) -> list[tuple[str, Any
     method = config.get("method", defaults.get("method"))
     changed: list[tuple[str, Any, Any]] = []
 
-    def compare(saved: dict, new: dict, default: dict, top: bool, section: str = "") -> None:
+    def compare(saved: dict, new: dict, default: dict, owner: type | None) -> None:
+        """``owner``: the config class these keys are fields of (None: not a dataclass), which spells the flags."""
+        hints = typing.get_type_hints(owner) if owner is not None else {}
         for key, value in new.items():
-            if top and key in RESUME_FREE:
+            if owner is TrainConfig and key in RESUME_FREE:
                 continue
             old = saved.get(key, default.get(key))
             if isinstance(value, dict) and isinstance(old, dict):
-                sub = default.get(key)
-                compare(old, value, sub if isinstance(sub, dict) else {}, False, key)
+                sub, section = default.get(key), hints.get(key)
+                compare(old, value, sub if isinstance(sub, dict) else {},
+                        section if dataclasses.is_dataclass(section) else None)
             elif _json_like(old) != _json_like(value):
-                prefix = "augment." if section == "augment" else ""  # its flags keep their section's name
-                changed.append(("--" + prefix + key.replace("_", "-"), old, value))
+                changed.append((flag_name(owner, key) if key in hints else "--" + key.replace("_", "-"), old, value))
 
     relevant = {k: v for k, v in _json_like(config).items() if k not in unused_settings(method)}
-    compare(saved_config if isinstance(saved_config, dict) else {}, relevant, defaults, True)
+    compare(saved_config if isinstance(saved_config, dict) else {}, relevant, defaults, TrainConfig)
     return changed
 
 
