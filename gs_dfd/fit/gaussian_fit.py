@@ -410,7 +410,7 @@ def coarse_factors(state: "FitState", scene: Scene, frame_ids: list[int], window
         ids = slice(None) if active is None else active
         uv = state.model.uv[ids].double()  # [M, 2] reference px
         size = torch.exp(state.model.log_size_px[ids, :2]).max(dim=1).values.double()  # [M]
-        coc = state.lens.coc_px(state.model.depth_ref()[ids], frame_ids)
+        coc = state.lens.coc_px(state.model.depth_ref(active), frame_ids)  # only the rows that can reach
         sigma = (state.sigma_per_coc * state.frame_blur(coc, frame_ids, state.sigma_per_coc)).double()  # [K, M]
     corners = np.array([[x0, y0], [x0 + w, y0], [x0, y0 + h], [x0 + w, y0 + h]], np.float64)
     factors = []

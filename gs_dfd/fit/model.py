@@ -82,8 +82,9 @@ class ScreenGaussians(nn.Module):
     def n(self) -> int:
         return self.uv.shape[0]
 
-    def depth_ref(self) -> Tensor:  # [N]
-        return 1.0 / self.inv_depth.clamp(min=1e-3, max=1.0 / self.min_depth_m)
+    def depth_ref(self, ids: Tensor | None = None) -> Tensor:  # [N], or [K] of rows ``ids``
+        q = self.inv_depth if ids is None else self.inv_depth[ids]
+        return 1.0 / q.clamp(min=1e-3, max=1.0 / self.min_depth_m)
 
     def select(self, ids: Tensor | None = None) -> dict[str, Tensor]:
         """The parameters of the Gaussians ``ids`` (all: None), gathered once (differentiable): pass them to

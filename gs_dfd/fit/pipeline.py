@@ -305,8 +305,7 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     confidence = depth_confidence(depth_sensitivity(state, scene, settings), alpha)
     per_frame = []
     for i in console.progress(range(len(scene.frames)), "renders", enabled=config.progress and len(scene.frames) > 8):
-        with torch.no_grad():  # one frame at a time: memory stays that of one frame on long stacks
-            render = render_frame_whole(state, scene, settings, i).clamp(0, 1).numpy()
+        render = render_frame_whole(state, scene, settings, i).clamp(0, 1).numpy()  # one frame at a time (memory)
         write_png(out / "renders" / f"{i:03d}.png", render)
         per_frame.append({"frame": i, **image_metrics(render, frames[i])})
     with torch.no_grad():  # each frame's CoC of the fitted depth, through the (calibrated) lens, in frame 0's grid
