@@ -111,3 +111,21 @@ def test_max_coarse_factor_must_be_a_power_of_two():
         GaussianFitSettings(max_coarse_factor=3).check()
     with pytest.raises(InputError, match="coarse-blur-sigma-px"):
         GaussianFitSettings(coarse_blur_sigma_px=0.0).check()
+
+
+def test_the_reach_from_the_nearest_and_farthest_gaussian_is_the_reach_over_all(blurred_stack):
+    """_reach_px takes the largest CoC from the two extreme inverse depths; over every Gaussian it is the same,
+    for a calibrated lens too (the CoC grows with the distance in inverse depth from each frame's focus)."""
+    scene, _, _, state = _state(blurred_stack, calibrate_lens=True, frame_blur=True)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(3)
+        state.model.inv_depth.copy_(0.2 + 3.0 * torch.rand(state.model.n, generator=gen))  # 0.3-5 m
+        state.lens.log_aperture_scale.fill_(0.1)
+        state.frame_blur.sigma_px.fill_(0.3)
+    for ids in ([0], [1, 2], [0, 1, 2]):
+        with torch.no_grad():
+            coc = state.lens.coc_px(state.model.depth_ref(), ids)
+            coc_max = float(state.frame_blur(coc, ids, state.sigma_per_coc).max())
+            size_max = float(torch.exp(state.model.log_size_px[:, :2]).max())
+        brute = 3.0 * (state.sigma_per_coc * coc_max + size_max) + 2.0 * state.stride + 2.0
+        assert gf._reach_px(state, ids, 1.0) == pytest.approx(brute, rel=1e-6)

@@ -50,6 +50,7 @@ from scipy import ndimage
 from gs_dfd.data.scene import Scene
 from gs_dfd.errors import InputError
 from gs_dfd.fit.alignment import FrameWarp, estimate_frame_warps, warp_displacement_px
+from gs_dfd.fit.coarse_start import START_MAX_PX, FitStart
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.exposure import FrameExposure
 from gs_dfd.fit.frame_blur import FrameBlur
@@ -57,6 +58,7 @@ from gs_dfd.fit.lens_calibration import LensModel
 from gs_dfd.fit.losses import edge_aware_grid_smoothness, photometric_loss
 from gs_dfd.fit.model import ScreenGaussians, block_mean, grid_gaussians
 from gs_dfd.fit.propagation import propagate_inverse_depth
+from gs_dfd.fit.row_adam import adam_step_rows
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.render.api import PinholeCamera, render_defocus
 from gs_dfd.render.defocus import EPS2D
@@ -96,6 +98,14 @@ class GaussianFitSettings:
     --coarse-blur-sigma-px on a coarse grid, so that the last steps settle the finest detail."""
     max_coarse_factor: int = 8
     """(advanced) Coarsest such factor (a power of two); 1 = every frame at full resolution."""
+    start_max_px: int = START_MAX_PX
+    """(advanced) A stack whose frames' larger side exceeds this (px) is first fitted with every frame averaged over
+    2x2, 4x4, ... pixel blocks, to at most this size, and the full-resolution fit starts from that fit's depth,
+    registration, lens and exposure (gs_dfd.fit.coarse_start): a step's window and the smoothness prior reach a
+    few Gaussians, too few to carry depth across a large textureless region of a large frame. 0 = off."""
+    start_lr_inv_depth_ratio: float = 0.25
+    """(advanced) The full-resolution fit that starts from such a coarse fit moves inverse depth with this fraction
+    of --lr-inv-depth: it refines a depth already measured, and full steps add noise to it (docs/real_stacks.md)."""
     stride: int = 2
     """One Gaussian per stride x stride pixel block; 1 = one per pixel (slower, sharper depth edges)."""
     lr_inv_depth: float = 0.01
@@ -189,13 +199,13 @@ class GaussianFitSettings:
     def check(self) -> None:
         """Refuse a value outside its setting's range, in one line naming the flag, before any work starts."""
         for name, low in (("iterations", 1), ("stride", 1), ("dff_window_px", 3), ("tile_px", 32),
-                          ("frames_per_step", 1), ("max_coarse_factor", 1)):
+                          ("frames_per_step", 1), ("max_coarse_factor", 1), ("start_max_px", 0)):
             if getattr(self, name) is not None and getattr(self, name) < low:
                 raise InputError(None, f"must be >= {low} (got {getattr(self, name)})", setting_flag(name))
         if self.max_coarse_factor & (self.max_coarse_factor - 1):
             raise InputError(None, f"must be a power of two (got {self.max_coarse_factor})",
                              setting_flag("max_coarse_factor"))
-        positive = ["coarse_blur_sigma_px", "sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat",
+        positive = ["coarse_blur_sigma_px", "start_lr_inv_depth_ratio", "sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat",
                     "lr_opacity", "lr_color", "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_frame_blur",
                     "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
         if self.init_depth_m is not None:
@@ -303,28 +313,50 @@ def initial_depth(frames: np.ndarray, scene: Scene, settings: GaussianFitSetting
     return np.full((h, w), 1.0 / depth0, np.float32), frames[sharp], np.zeros((h, w), np.float32)
 
 
+def colours_in_focus(frames: np.ndarray, lens: LensModel, inv_depth: np.ndarray) -> np.ndarray:
+    """``[H, W, C]``: each pixel's colour from the frame (of ``frames`` ``[F, H, W, C]``, in frame 0's grid) whose
+    lens blurs its inverse depth ``inv_depth`` ``[H, W]`` least: the sharpest view of it the stack has."""
+    with torch.no_grad():
+        depth = torch.from_numpy(1.0 / np.clip(inv_depth, 1e-3, None)).reshape(-1)
+        sharpest = lens.coc_px(depth, list(range(len(frames)))).argmin(dim=0).numpy().reshape(inv_depth.shape)
+    return np.take_along_axis(frames, sharpest[None, :, :, None], 0)[0]
+
+
 def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
-                depth_prior_m: np.ndarray | None = None, depth_prior_frame: int = 0) -> FitState:
-    """``depth_prior_m`` is in the pixel grid of frame ``depth_prior_frame`` (moved to frame 0's here)."""
+                depth_prior_m: np.ndarray | None = None, depth_prior_frame: int = 0,
+                start: FitStart | None = None) -> FitState:
+    """``depth_prior_m`` is in the pixel grid of frame ``depth_prior_frame`` (moved to frame 0's here). ``start``
+    (a block-averaged fit of the same stack, :func:`gs_dfd.fit.coarse_start.fit_start`) gives the starting depth,
+    confidence, warps, lens and exposure instead."""
     torch.manual_seed(settings.seed)
     pose_groups = _pose_groups(scene)
     same_pose = [i in pose_groups[0][1] for i in range(len(scene.frames))]  # frames sharing frame 0's pose
     cam = scene.camera
     center = (cam.cx, cam.cy)
-    warps = (estimate_frame_warps(frames, same_pose, center, settings.max_shift_px) if settings.align_frames
-             else np.zeros((len(frames), 4)))
-    displacement = warp_displacement_px(warps, center, cam.width, cam.height)
-    moved = [i > 0 and same and displacement[i] >= settings.min_shift_px for i, same in enumerate(same_pose)]
+    if start is not None:
+        assert start.warps.shape == (len(frames), 4) and len(start.moved) == len(frames), start.warps.shape
+        warps, moved = start.warps, list(start.moved)
+    else:
+        warps = (estimate_frame_warps(frames, same_pose, center, settings.max_shift_px) if settings.align_frames
+                 else np.zeros((len(frames), 4)))
+        displacement = warp_displacement_px(warps, center, cam.width, cam.height)
+        moved = [i > 0 and same and displacement[i] >= settings.min_shift_px for i, same in enumerate(same_pose)]
     warp = FrameWarp(warps, moved, center, cam.width, cam.height)
     frames_ref = np.stack([warp.to_reference(f, i) for i, f in enumerate(frames)])  # in frame 0's grid
-    if depth_prior_m is not None:
-        depth_prior_m = warp.to_reference(depth_prior_m, depth_prior_frame)
-    inv, colours, conf = initial_depth(frames_ref, scene, settings, depth_prior_m)
+    lens = LensModel.from_scene(scene, settings.calibrate_lens, calibrate_sweep=settings.calibrate_sweep)
+    if start is not None:
+        lens.load_state_dict(start.lens)
+        inv = start.inv_depth_at(cam.width, cam.height)
+        inv, colours, conf = inv, colours_in_focus(frames_ref, lens, inv), start.confidence_at(cam.width, cam.height)
+    else:
+        if depth_prior_m is not None:
+            depth_prior_m = warp.to_reference(depth_prior_m, depth_prior_frame)
+        inv, colours, conf = initial_depth(frames_ref, scene, settings, depth_prior_m)
     model, grid_hw = grid_gaussians(inv, colours, scene.camera, settings.stride,
                                     ref_world_to_cam=scene.world_to_cam(0))
-    lens = LensModel.from_scene(scene, settings.calibrate_lens, calibrate_sweep=settings.calibrate_sweep)
     groups = [
-        {"params": [model.inv_depth], "lr": settings.lr_inv_depth, "name": "inv_depth"},
+        {"params": [model.inv_depth], "name": "inv_depth",
+         "lr": settings.lr_inv_depth * (settings.start_lr_inv_depth_ratio if start is not None else 1.0)},
         {"params": [model.uv], "lr": settings.lr_uv, "name": "uv"},
         {"params": [model.log_size_px], "lr": settings.lr_size, "name": "size"},
         {"params": [model.quats], "lr": settings.lr_quat, "name": "quats"},
@@ -338,11 +370,16 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
     if lens_params:
         groups.append({"params": lens_params, "lr": settings.lr_lens, "name": "lens"})
     exposure = FrameExposure(len(scene.frames), frames.shape[-1], settings.exposure_compensation)
+    if start is not None:
+        exposure.load_state_dict(start.exposure)
     if settings.exposure_compensation and len(scene.frames) > 1:
         groups.append({"params": list(exposure.parameters()), "lr": settings.lr_exposure, "name": "exposure"})
     if warp.enabled:
         groups.append({"params": [warp.warp_px], "lr": settings.lr_align_px, "name": "alignment"})
     frame_blur = FrameBlur(len(scene.frames), settings.frame_blur)
+    if start is not None and settings.frame_blur:
+        with torch.no_grad():
+            frame_blur.sigma_px.copy_(torch.from_numpy(start.frame_blur_sigma_px))
     if settings.frame_blur:
         groups.append({"params": [frame_blur.sigma_px], "lr": settings.lr_frame_blur, "name": "frame_blur"})
     for g in groups:
@@ -431,11 +468,16 @@ def coarse_factors(state: "FitState", scene: Scene, frame_ids: list[int], window
 
 def _reach_px(state: FitState, frame_ids: list[int], coc_scale: float) -> float:
     """How far (px) a Gaussian's blurred footprint can reach from its centre in these frames: 3 sigma of its
-    size and of the largest CoC's blur, plus the pixel positions' drift."""
+    size and of the largest CoC's blur, plus the pixel positions' drift.
+
+    The CoC grows with the distance in inverse depth from the focus, so its largest value over the model is that of
+    its nearest or farthest Gaussian: two CoCs per frame, not one per Gaussian (this runs every step)."""
     with torch.no_grad():
-        coc = state.lens.coc_px(state.model.depth_ref(), frame_ids) * coc_scale
+        q = state.model.inv_depth
+        extremes = state.model.depth_ref(torch.stack([q.argmin(), q.argmax()]))  # [2]
+        coc = state.lens.coc_px(extremes, frame_ids) * coc_scale
         coc_max = float(state.frame_blur(coc, frame_ids, state.sigma_per_coc).max())
-        size_max = float(torch.exp(state.model.log_size_px[:, :2]).max())
+        size_max = float(torch.exp(state.model.log_size_px[:, :2].max()))
     return 3.0 * (state.sigma_per_coc * coc_max + size_max) + 2.0 * state.stride + 2.0
 
 
@@ -462,7 +504,7 @@ def active_gaussians(state: FitState, scene: Scene, frame_ids: list[int], window
 def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[int] | None = None,
                   window: Window | None = None, coc_scale: float = 1.0, warped: bool = True,
                   active: Tensor | None = None, inv_depth_offset: float = 0.0,
-                  coarse: int = 1) -> dict[str, torch.Tensor]:
+                  coarse: int = 1, selected: dict[str, Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Render frames ``frame_ids`` (all: None) from the current Gaussians, in ``window`` of each frame's pixel
     grid (whole frames: None).
 
@@ -472,7 +514,8 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
     render to those Gaussians (:func:`active_gaussians`); ``inv_depth_offset`` shifts every Gaussian along its ray
     (for the sensitivity map) without changing the model. ``coarse`` renders in a grid of ``coarse`` x ``coarse``
     pixel blocks (``[K, h / coarse, w / coarse, C]``), to be compared with the frames' block means
-    (:func:`downsample_blocks`).
+    (:func:`downsample_blocks`). ``selected`` holds the parameters of the rows ``active`` already gathered
+    (:meth:`ScreenGaussians.select`; a fit step passes leaf copies, whose gradients its row-wise Adam step takes).
     """
     ids = list(range(len(scene.frames))) if frame_ids is None else list(frame_ids)
     window = window or _full_window(scene)
@@ -489,7 +532,8 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
         with torch.no_grad():
             model.inv_depth.add_(inv_depth_offset)
     try:
-        selected = model.select(active)
+        if selected is None:
+            selected = model.select(active)
         for pose, members, moved in calls:
             g = model.world(warp=state.warp.frame_params(moved) if moved is not None else None, selected=selected)
             z = (g.means @ torch.tensor(pose[:3, :3], dtype=g.means.dtype).T)[:, 2] + float(pose[2, 3])
@@ -574,27 +618,22 @@ def step_window(scene: Scene, settings: GaussianFitSettings, gen: torch.Generato
 _PER_GAUSSIAN = ("inv_depth", "uv", "log_size_px", "quats", "opacity_logit", "color_logit")
 
 
-def _adam_step_on(state: FitState, active: Tensor | None) -> None:
-    """``optimizer.step()`` that leaves the Gaussians outside ``active`` (and their Adam moments) as they were:
-    a Gaussian that a step cannot see gets no gradient, and plain Adam would still move it on its momentum."""
-    if active is None:
-        state.optimizer.step()
-        return
-    keep = torch.ones(state.model.n, dtype=torch.bool)
-    keep[active] = False
-    saved = []
-    for name in _PER_GAUSSIAN:
-        p = getattr(state.model, name)
-        st = state.optimizer.state.get(p, {})
-        saved.append((p, p.detach()[keep].clone(), {k: v[keep].clone() for k, v in st.items()
-                                                    if torch.is_tensor(v) and v.shape == p.shape}))
-    state.optimizer.step()
-    with torch.no_grad():
-        for p, values, moments in saved:
-            p[keep] = values
-            st = state.optimizer.state[p]
-            for k, v in moments.items():
-                st[k][keep] = v
+def _window_leaves(state: FitState, active: Tensor) -> dict[str, Tensor]:
+    """The rows ``active`` of every per-Gaussian parameter, as leaf tensors of their own: a step's backward pass
+    then fills gradients of the window's rows only, not of the whole model."""
+    return {name: getattr(state.model, name).detach()[active].requires_grad_() for name in _PER_GAUSSIAN}
+
+
+def _optimizer_step(state: FitState, active: Tensor | None, leaves: dict[str, Tensor] | None) -> None:
+    """``optimizer.step()``, except that with a window (``active`` and its ``leaves``) the Gaussians are stepped
+    on those rows only (:func:`gs_dfd.fit.row_adam.adam_step_rows`): a Gaussian that a step cannot see gets no
+    gradient, and plain Adam would still move it on its momentum; the lens, exposure and warps step as usual."""
+    if active is not None:
+        assert leaves is not None
+        for name in _PER_GAUSSIAN:
+            if leaves[name].grad is not None:
+                adam_step_rows(state.optimizer, getattr(state.model, name), active, leaves[name].grad)
+    state.optimizer.step()  # the per-Gaussian parameters hold no gradient when stepped by rows above
 
 
 def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
@@ -615,7 +654,6 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         block_conf = block_mean(conf, settings.stride).reshape(-1)
         smooth_weight = 1.0 - 0.5 * block_conf  # the prior matters most where the data says least
     propagate_step = round(total * settings.propagate_at_fraction)
-    gh, gw = state.grid_hw
     while state.step < total:
         if settings.propagate_smoothness > 0 and state.step == propagate_step:
             propagate_depth(state, scene, settings)
@@ -630,13 +668,15 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         x0, y0, w, h = window
         picked = active_gaussians(state, scene, ids, window)
         active = None if picked is None else picked[0]
+        leaves = None if active is None else _window_leaves(state, active)
         early = state.step < settings.coarse_until_fraction * total
         factors = coarse_factors(state, scene, ids, window, active, settings,
                                  settings.coarse_blur_quantile if early else 0.0)
         loss_photo, sq_err, n_px = torch.zeros(()), 0.0, 0
         for r in sorted(set(factors)):  # frames blurred alike render together, each at its resolution
             members = [i for i, f in zip(ids, factors) if f == r]
-            rgb = render_frames(state, scene, settings.backend, members, window, active=active, coarse=r)["rgb"]
+            rgb = render_frames(state, scene, settings.backend, members, window, active=active, coarse=r,
+                                selected=leaves)["rgb"]
             tgt = downsample_blocks(target[members, y0:y0 + h, x0:x0 + w], r)
             if state.warp.enabled:  # pixels that show what frame 0 does not see: nothing to fit there
                 seen = torch.stack([state.warp.valid_mask(i, x0, y0, w, h) for i in members])[..., None]
@@ -649,19 +689,17 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         loss = loss_photo
         loss_smooth = torch.zeros(())
         if smooth_weight is not None:
-            colours = torch.sigmoid(state.model.color_logit)
             if picked is None:
-                loss_smooth = edge_aware_grid_smoothness(state.model.inv_depth, colours, state.grid_hw,
-                                                         settings.smooth_colour_sigma, smooth_weight)
-            else:
+                loss_smooth = edge_aware_grid_smoothness(state.model.inv_depth, torch.sigmoid(state.model.color_logit),
+                                                         state.grid_hw, settings.smooth_colour_sigma, smooth_weight)
+            else:  # the window's rows are a block of the grid, in row-major order (active_gaussians)
                 r0, r1, c0, c1 = picked[1]
-                sub = lambda t: t.view(gh, gw, *t.shape[1:])[r0:r1, c0:c1].reshape(-1, *t.shape[1:])  # noqa: E731
-                loss_smooth = edge_aware_grid_smoothness(sub(state.model.inv_depth), sub(colours),
+                loss_smooth = edge_aware_grid_smoothness(leaves["inv_depth"], torch.sigmoid(leaves["color_logit"]),
                                                          (r1 - r0, c1 - c0), settings.smooth_colour_sigma,
-                                                         sub(smooth_weight))
+                                                         smooth_weight[active])
             loss = loss + settings.smooth_weight * loss_smooth
         loss.backward()
-        _adam_step_on(state, active)
+        _optimizer_step(state, active, leaves)
         mse = sq_err / n_px
         record = {"step": state.step, "loss": float(loss.detach()), "photometric": float(loss_photo.detach()),
                   "smooth": float(loss_smooth.detach()), "psnr": -10 * math.log10(max(mse, 1e-12)),

@@ -7,8 +7,8 @@ it, with its checkpoint, for ``resume``), writes ``config.json``, fits (``gs``: 
 the Gaussians add) and writes the outputs (docs/DESIGN.md): ``depth.npy`` (float32 metres), ``depth.png``,
 ``aif.png``, ``confidence.npy``, ``coc/NNN.npy`` (+ PNG), ``renders/NNN.png``, ``gaussians.ply``,
 ``camera.json`` (the reference view's camera and pose, for ``gs-dfd export``), ``metrics.json``,
-``summary.png`` and ``checkpoint.pt``. Ground truth is read only after fitting, and never with
-``evaluate=False``.
+``summary.png`` and ``checkpoint.pt`` (and, for large frames, ``coarse_start.pt``). Ground truth is read only
+after fitting, and never with ``evaluate=False``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gs_dfd.errors import InputError, Interrupted
 from gs_dfd.eval.metrics import depth_metrics, image_metrics
 from gs_dfd.export.camera_json import write_camera_json
 from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
+from gs_dfd.fit.coarse_start import FitStart, coarse_settings, fit_start, start_factor
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
     GaussianFitSettings, build_state, depth_confidence, depth_sensitivity, fit_gaussians, load_checkpoint,
@@ -249,7 +250,9 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     ``out/checkpoint.pt`` with ``resume``."""
     settings = config.settings(scene)
     prior_m, prior_frame = _network_prior(config, scene, frames)
-    state = build_state(scene, frames, settings, depth_prior_m=prior_m, depth_prior_frame=prior_frame)
+    ckpt = out / "checkpoint.pt"
+    start = _coarse_start(config, scene, frames, settings, out, prior_m)
+    state = build_state(scene, frames, settings, depth_prior_m=prior_m, depth_prior_frame=prior_frame, start=start)
     if state.warp.enabled:
         moved = state.warp.report()
         shown = [r for r in moved if any(v != 0 for v in r["shift_px"]) or r["scale"] != 1.0]
@@ -262,7 +265,6 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     if (tw, th) != (scene.camera.width, scene.camera.height) or per_step < len(scene.frames):
         console.print(f"{steps} steps of {per_step} of {len(scene.frames)} frames in a {tw}x{th} window of "
                       f"{scene.camera.width}x{scene.camera.height}")
-    ckpt = out / "checkpoint.pt"
     if config.resume and ckpt.is_file():
         load_checkpoint(ckpt, state, settings)
         console.print(f"resuming from step {state.step} of {steps}")
@@ -321,9 +323,38 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
             "lens": state.lens.report(), "exposure": state.exposure.report(),
             "alignment": state.warp.report() if state.warp.enabled else None,
             "frame_blur": state.frame_blur.report(),
-            "propagation": state.propagation,
+            "propagation": state.propagation, "coarse_start": None if start is None else start.report(),
             "n_gaussians": state.model.n, "iterations": state.step,
             "final_loss": state.history[-1]["loss"] if state.history else None}
+
+
+def _coarse_start(config: FitSceneConfig, scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
+                  out: Path, prior_m: np.ndarray | None) -> FitStart | None:
+    """The block-averaged fit a large stack starts from (gs_dfd.fit.coarse_start), saved as ``coarse_start.pt``
+    so that --resume rebuilds the same start without fitting it again; None for small stacks or a network
+    start."""
+    cam = scene.camera
+    factor = start_factor(settings.start_max_px, cam.width, cam.height)
+    if factor == 1 or prior_m is not None:
+        return None
+    path = out / "coarse_start.pt"
+    if config.resume and path.is_file() and (out / "checkpoint.pt").is_file():
+        return FitStart.load(path)
+    small = coarse_settings(settings, cam.width, cam.height)
+    console.print(f"starting from a fit of the frames averaged over {factor}x{factor} pixel blocks "
+                  f"({cam.width // factor}x{cam.height // factor}, {small.iterations} steps)")
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=small.iterations, desc=f"fit 1/{factor}", dynamic_ncols=True, leave=False)
+    try:
+        start = fit_start(scene, frames, settings, on_step=None if bar is None else lambda st, rec: bar.update(1))
+    finally:
+        if bar is not None:
+            bar.close()
+    start.save(path)
+    return start
 
 
 # --------------------------------------------------------------------------- outputs
@@ -378,6 +409,7 @@ def _write_metrics(config: FitSceneConfig, out: Path, scene: Scene, frames: np.n
         "alignment": result.get("alignment"),
         "frame_blur": result.get("frame_blur"),
         "propagation": result.get("propagation"),
+        "coarse_start": result.get("coarse_start"),
         "n_gaussians": result.get("n_gaussians"),
         "iterations": result.get("iterations"),
     }

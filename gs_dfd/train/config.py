@@ -37,7 +37,7 @@ class TrainConfig:
     by the scenes' Gaussian fits (no ground-truth depth, no all-in-focus image); dered: the same with the fit's
     AIF re-blurred in image space instead of the Gaussians re-rendered (ablation); d3net, mddnet: supervised
     baselines trained on depth_gt (no fits). Run under ``torchrun --nproc_per_node N`` for data-parallel
-    training (gloo on CPU, NCCL on GPU): every process fits its share of the uncached scenes, then trains."""
+    training on CPU processes (gloo): every process fits its share of the uncached scenes, then trains."""
 
     out: Path
     """Run folder: checkpoint.pt, model.pt (weights for predict), config.json, log.jsonl, TensorBoard events."""

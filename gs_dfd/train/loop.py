@@ -238,9 +238,10 @@ class _Run:
         self.rank = int(os.environ.get("RANK", "0"))
         self.distributed = self.world > 1
         if self.distributed and not dist.is_initialized():
-            # A process may wait a long time at a barrier for the others' shares of the fit cache.
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo",
-                                    timeout=datetime.timedelta(hours=12))
+            # gloo: the network, its batches and the renders stay on the CPU (nothing here moves them to a GPU,
+            # and NCCL refuses CPU tensors). A process may wait a long time at a barrier for the others' shares of
+            # the fit cache.
+            dist.init_process_group(backend="gloo", timeout=datetime.timedelta(hours=12))
 
     @property
     def main(self) -> bool:
