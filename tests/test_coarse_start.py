@@ -132,3 +132,33 @@ def test_the_full_resolution_fit_refines_depth_with_a_smaller_step(stack):
     assert lr["inv_depth"] == pytest.approx(0.005) and lr["uv"] == settings.lr_uv
     plain = {g["name"]: g["initial_lr"] for g in build_state(scene, frames, settings).optimizer.param_groups}
     assert plain["inv_depth"] == pytest.approx(0.02)
+
+
+def test_each_pixel_takes_its_colour_from_the_frame_focused_nearest_its_depth(stack):
+    from gs_dfd.fit.gaussian_fit import colours_in_focus
+    from gs_dfd.fit.lens_calibration import LensModel
+
+    scene = load_scene(stack)  # focus 0.8, 1.2, 2, 4 m
+    frames = np.stack([np.full((96, 128, 3), k / 10, np.float32) for k in range(4)])  # frame k is grey k / 10
+    depth = np.full((96, 128), 4.5, np.float32)
+    depth[:, :40], depth[:, 40:80] = 0.85, 1.9
+    colours = colours_in_focus(frames, LensModel.from_scene(scene), 1.0 / depth)
+    np.testing.assert_allclose(colours[0, [0, 60, 100], 0], [0.0, 0.2, 0.3])
+
+
+def test_a_checkpoint_from_before_the_coarse_start_resumes_only_without_it(stack, tmp_path, capsys):
+    """A fit that ran without a start (an earlier version, or --start-max-px 0) has no coarse_start.pt: resuming it
+    with a start would rebuild another problem, so it is refused in one line, and resumes with the start off."""
+    out = tmp_path / "fit"
+    common = ["--scene", str(stack), "--out", str(out), "--no-progress", "--propagate", "off"]
+    assert main(["fit", *common, "--iterations", "3", "--start-max-px", "0"]) == 0
+    assert main(["fit", *common, "--iterations", "5", "--start-max-px", "64", "--resume"]) == 2  # config.json differs
+    config = json.loads((out / "config.json").read_text())
+    del config["start_max_px"], config["start_lr_inv_depth_ratio"]  # as an earlier gs-dfd wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["fit", *common, "--iterations", "5", "--start-max-px", "64", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "without a coarse start" in err and "--start-max-px 0" in err and len(err.splitlines()) == 1
+    assert main(["fit", *common, "--iterations", "5", "--start-max-px", "0", "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["iterations"] == 5

@@ -15,15 +15,19 @@ lens and exposure parameters, and the per-frame blur floors (scaled).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from gs_dfd.data.scene import Camera, Scene
 from gs_dfd.errors import InputError
+
+if TYPE_CHECKING:  # gaussian_fit imports this module
+    from gs_dfd.fit.gaussian_fit import GaussianFitSettings
 
 # A frame whose larger side exceeds this (pixels) by default starts from a block-averaged fit (--start-max-px).
 START_MAX_PX = 512
@@ -120,7 +124,7 @@ class FitStart:
             raise InputError(path, f"is not a complete coarse start ({type(exc).__name__}: {exc})", "format") from None
 
 
-def coarse_settings(settings, width: int, height: int):
+def coarse_settings(settings: "GaussianFitSettings", width: int, height: int) -> "GaussianFitSettings":
     """The block-averaged fit's settings: the same, except its step count (the default rule at its size, or
     ``--iterations`` scaled by the ratio of the two sizes' default counts)."""
     from gs_dfd.fit.gaussian_fit import total_steps
@@ -134,14 +138,11 @@ def coarse_settings(settings, width: int, height: int):
     return dataclasses.replace(settings, iterations=steps)
 
 
-def fit_start(scene: Scene, frames: np.ndarray, settings, on_step: Callable | None = None) -> FitStart:
+def fit_start(scene: Scene, frames: np.ndarray, settings: "GaussianFitSettings",
+              on_step: Callable | None = None) -> FitStart:
     """Fit the stack block-averaged (:func:`block_averaged_scene`, by :func:`start_factor`) and return what the
     full-resolution fit starts from."""
-    import time
-
-    from gs_dfd.fit.gaussian_fit import (
-        build_state, depth_confidence, depth_sensitivity, fit_gaussians, render_frames, total_steps,
-    )
+    from gs_dfd.fit.gaussian_fit import build_state, depth_confidence, depth_sensitivity, fit_gaussians, render_frames
     from gs_dfd.utils.fill import fill_nearest
 
     t0 = time.perf_counter()
@@ -167,7 +168,6 @@ def fit_start(scene: Scene, frames: np.ndarray, settings, on_step: Callable | No
                     confidence=confidence.astype(np.float32), warps=warps, moved=moved,
                     lens={k: v.clone() for k, v in state.lens.state_dict().items()},
                     exposure={k: v.clone() for k, v in state.exposure.state_dict().items()},
-                    frame_blur_sigma_px=blur.astype(np.float32), steps=total_steps(small_settings, small.camera.width,
-                                                                                  small.camera.height),
+                    frame_blur_sigma_px=blur.astype(np.float32), steps=small_settings.iterations,
                     seconds=time.perf_counter() - t0)
 

@@ -36,6 +36,7 @@ Ground truth (``depth_gt``, ``all_in_focus``) is never read here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -205,9 +206,9 @@ class GaussianFitSettings:
         if self.max_coarse_factor & (self.max_coarse_factor - 1):
             raise InputError(None, f"must be a power of two (got {self.max_coarse_factor})",
                              setting_flag("max_coarse_factor"))
-        positive = ["coarse_blur_sigma_px", "start_lr_inv_depth_ratio", "sigma_per_coc", "lr_inv_depth", "lr_uv", "lr_size", "lr_quat",
-                    "lr_opacity", "lr_color", "lr_lens", "lr_focus_sweep", "lr_exposure", "lr_frame_blur",
-                    "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
+        positive = ["coarse_blur_sigma_px", "start_lr_inv_depth_ratio", "sigma_per_coc", "lr_inv_depth", "lr_uv",
+                    "lr_size", "lr_quat", "lr_opacity", "lr_color", "lr_lens", "lr_focus_sweep", "lr_exposure",
+                    "lr_frame_blur", "lr_align_px", "smooth_colour_sigma", "propagate_colour_sigma"]
         if self.init_depth_m is not None:
             positive.append("init_depth_m")
         for name in positive:
@@ -347,7 +348,7 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
     if start is not None:
         lens.load_state_dict(start.lens)
         inv = start.inv_depth_at(cam.width, cam.height)
-        inv, colours, conf = inv, colours_in_focus(frames_ref, lens, inv), start.confidence_at(cam.width, cam.height)
+        colours, conf = colours_in_focus(frames_ref, lens, inv), start.confidence_at(cam.width, cam.height)
     else:
         if depth_prior_m is not None:
             depth_prior_m = warp.to_reference(depth_prior_m, depth_prior_frame)
@@ -690,8 +691,9 @@ def fit_gaussians(state: FitState, scene: Scene, frames: np.ndarray, settings: G
         loss_smooth = torch.zeros(())
         if smooth_weight is not None:
             if picked is None:
-                loss_smooth = edge_aware_grid_smoothness(state.model.inv_depth, torch.sigmoid(state.model.color_logit),
-                                                         state.grid_hw, settings.smooth_colour_sigma, smooth_weight)
+                colours = torch.sigmoid(state.model.color_logit)
+                loss_smooth = edge_aware_grid_smoothness(state.model.inv_depth, colours, state.grid_hw,
+                                                         settings.smooth_colour_sigma, smooth_weight)
             else:  # the window's rows are a block of the grid, in row-major order (active_gaussians)
                 r0, r1, c0, c1 = picked[1]
                 loss_smooth = edge_aware_grid_smoothness(leaves["inv_depth"], torch.sigmoid(leaves["color_logit"]),
@@ -782,12 +784,12 @@ CHECKPOINT_FORMAT = "gs_dfd.fit_checkpoint/2"  # /2: per-frame similarity warps 
 # Settings that may differ on --resume: the step count (resume continues up to a new --iterations) and the
 # renderer, which changes speed and float rounding only.
 RESUME_FREE_SETTINGS = frozenset({"iterations", "backend"})
+# What a fit ran with before a setting existed, where that differs from the setting's default now.
+SETTINGS_BEFORE_THEY_EXISTED = {"start_max_px": 0}
 
 
 def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) -> None:
     """Tensors and plain values only, so that :func:`load_checkpoint` reads it with ``weights_only=True``."""
-    import dataclasses
-
     from gs_dfd.models.checkpoint_io import to_plain
     from gs_dfd.utils.atomic import write_file_atomic
 
@@ -824,8 +826,9 @@ def check_resume_settings(payload_settings: dict, settings: GaussianFitSettings,
                           field: str = "--resume") -> None:
     """Refuse to resume a fit under settings that change its result, naming each (as its flag) with both
     values. ``iterations`` and ``backend`` may differ (:data:`RESUME_FREE_SETTINGS`); a setting the checkpoint
-    lacks (saved before it existed) counts as its default, which is what that fit ran with."""
-    defaults = GaussianFitSettings()
+    lacks (saved before it existed) counts as what that fit ran with: its default, or
+    :data:`SETTINGS_BEFORE_THEY_EXISTED`."""
+    defaults = dataclasses.replace(GaussianFitSettings(), **SETTINGS_BEFORE_THEY_EXISTED)
     changed = []
     for name, value in settings.__dict__.items():
         if name in RESUME_FREE_SETTINGS:

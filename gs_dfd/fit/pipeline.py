@@ -338,7 +338,10 @@ def _coarse_start(config: FitSceneConfig, scene: Scene, frames: np.ndarray, sett
     if factor == 1 or prior_m is not None:
         return None
     path = out / "coarse_start.pt"
-    if config.resume and path.is_file() and (out / "checkpoint.pt").is_file():
+    if config.resume and (out / "checkpoint.pt").is_file():
+        if not path.is_file():  # a fit saves its start before its first checkpoint: this one ran without
+            raise InputError(out / "checkpoint.pt", "was saved by a fit without a coarse start (an earlier gs-dfd, "
+                             "or --start-max-px 0): resume with --start-max-px 0, or start afresh", "--resume")
         return FitStart.load(path)
     small = coarse_settings(settings, cam.width, cam.height)
     console.print(f"starting from a fit of the frames averaged over {factor}x{factor} pixel blocks "
