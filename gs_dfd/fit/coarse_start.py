@@ -25,6 +25,7 @@ import torch
 
 from gs_dfd.data.scene import Camera, Scene
 from gs_dfd.errors import InputError
+from gs_dfd.fit.model import block_mean
 
 if TYPE_CHECKING:  # gaussian_fit imports this module
     from gs_dfd.fit.gaussian_fit import GaussianFitSettings
@@ -53,7 +54,8 @@ def block_averaged_scene(scene: Scene, frames: np.ndarray, factor: int) -> tuple
     cam = scene.camera
     w, h = cam.width // factor, cam.height // factor
     assert min(w, h) >= 1, (cam.width, cam.height, factor)
-    blocks = frames[:, :h * factor, :w * factor].reshape(len(frames), h, factor, w, factor, -1).mean(axis=(2, 4))
+    blocks = block_mean(np.moveaxis(frames, 0, 2), factor)  # [h, w, F, C]: the blocks of every frame at once
+    blocks = np.moveaxis(blocks, 2, 0)
     coarse_cam = Camera(width=w, height=h, fx=cam.fx / factor, fy=cam.fy / factor, cx=cam.cx / factor,
                         cy=cam.cy / factor, focal_length_m=cam.focal_length_m, f_number=cam.f_number,
                         pixel_pitch_m=cam.pixel_pitch_m * factor)
@@ -142,8 +144,7 @@ def fit_start(scene: Scene, frames: np.ndarray, settings: "GaussianFitSettings",
               on_step: Callable | None = None) -> FitStart:
     """Fit the stack block-averaged (:func:`block_averaged_scene`, by :func:`start_factor`) and return what the
     full-resolution fit starts from."""
-    from gs_dfd.fit.gaussian_fit import build_state, depth_confidence, depth_sensitivity, fit_gaussians, render_frames
-    from gs_dfd.utils.fill import fill_nearest
+    from gs_dfd.fit.gaussian_fit import build_state, fit_gaussians, fitted_maps
 
     t0 = time.perf_counter()
     cam = scene.camera
@@ -153,13 +154,8 @@ def fit_start(scene: Scene, frames: np.ndarray, settings: "GaussianFitSettings",
     small_settings = dataclasses.replace(coarse_settings(settings, cam.width, cam.height), start_max_px=0)
     state = build_state(small, small_frames, small_settings)
     fit_gaussians(state, small, small_frames, small_settings, on_step=on_step)
+    depth, _, confidence = fitted_maps(state, small, small_settings)
     with torch.no_grad():
-        sharp = render_frames(state, small, small_settings.backend, [0], coc_scale=0.0)
-        alpha = sharp["alpha"][0, ..., 0].numpy()
-        depth = sharp["depth"][0, ..., 0].numpy()
-        if (alpha > 0.5).any():
-            depth = fill_nearest(depth, alpha > 0.5)
-        confidence = depth_confidence(depth_sensitivity(state, small, small_settings), alpha)
         warps = state.warp.params().double().numpy().copy()
         warps[:, 2:] *= factor
         moved = [state.warp.moved(i) for i in range(len(frames))]

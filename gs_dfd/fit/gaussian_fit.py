@@ -63,6 +63,7 @@ from gs_dfd.fit.row_adam import adam_step_rows
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.render.api import PinholeCamera, render_defocus
 from gs_dfd.render.defocus import EPS2D
+from gs_dfd.utils.fill import fill_nearest
 
 
 @dataclass
@@ -746,6 +747,21 @@ def depth_confidence(sensitivity: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``[H, W]`` in [0, 1] from :func:`depth_sensitivity` and the sharp render's alpha ``[H, W]``: how well the
     frames pin the depth at each pixel, zero where no Gaussian covers it."""
     return (sensitivity / (sensitivity + SENSITIVITY_HALF_CONFIDENCE) * np.clip(alpha, 0, 1)).astype(np.float32)
+
+
+def fitted_maps(state: FitState, scene: Scene, settings: GaussianFitSettings
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a fit measured, in frame 0's grid: (depth ``[H, W]`` float32 metres, filled from the nearest covered
+    pixel where the sharp render's alpha is at most 1/2; all-in-focus image ``[H, W, C]`` in [0, 1]; confidence
+    ``[H, W]``, :func:`depth_confidence`)."""
+    with torch.no_grad():
+        sharp = render_frames(state, scene, settings.backend, [0], coc_scale=0.0)
+    alpha = sharp["alpha"][0, ..., 0].numpy()
+    depth = sharp["depth"][0, ..., 0].numpy()
+    if (alpha > 0.5).any():
+        depth = fill_nearest(depth, alpha > 0.5)
+    aif = sharp["rgb"][0].clamp(0, 1).numpy()
+    return depth.astype(np.float32), aif, depth_confidence(depth_sensitivity(state, scene, settings), alpha)
 
 
 def propagate_depth(state: FitState, scene: Scene, settings: GaussianFitSettings) -> dict:

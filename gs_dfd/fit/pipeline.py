@@ -34,11 +34,10 @@ from gs_dfd.export.gaussian_ply import GaussianCloud, write_gaussian_ply
 from gs_dfd.fit.coarse_start import FitStart, coarse_settings, fit_start, start_factor
 from gs_dfd.fit.dff import depth_from_focus
 from gs_dfd.fit.gaussian_fit import (
-    GaussianFitSettings, build_state, depth_confidence, depth_sensitivity, fit_gaussians, load_checkpoint,
-    render_frame_whole, render_frames, save_checkpoint, total_steps, window_size,
+    GaussianFitSettings, build_state, fit_gaussians, fitted_maps, load_checkpoint, render_frame_whole,
+    save_checkpoint, total_steps, window_size,
 )
 from gs_dfd.utils.atomic import save_npy_atomic, write_json_atomic
-from gs_dfd.utils.fill import fill_nearest
 from gs_dfd.utils.outputs import OutputDir
 from gs_dfd.viz.colormap import coc_to_rgb, colorize, depth_to_rgb
 from gs_dfd.viz.panels import save_panel
@@ -298,13 +297,7 @@ def run_gs(config: FitSceneConfig, scene: Scene, frames: np.ndarray, out: Path) 
     if state.propagation is not None:
         console.print(f"depth propagated into textureless regions at step {state.propagation['step']}: "
                       f"{100 * state.propagation['moved_over_10_percent']:.0f}% of the Gaussians moved by > 10%")
-    with torch.no_grad():
-        sharp = render_frames(state, scene, settings.backend, [0], coc_scale=0.0)
-    alpha = sharp["alpha"][0, ..., 0].numpy()
-    depth_raw = sharp["depth"][0, ..., 0].numpy()
-    depth = (fill_nearest(depth_raw, alpha > 0.5) if (alpha > 0.5).any() else depth_raw).astype(np.float32)
-    aif = sharp["rgb"][0].clamp(0, 1).numpy()
-    confidence = depth_confidence(depth_sensitivity(state, scene, settings), alpha)
+    depth, aif, confidence = fitted_maps(state, scene, settings)
     per_frame = []
     for i in console.progress(range(len(scene.frames)), "renders", enabled=config.progress and len(scene.frames) > 8):
         render = render_frame_whole(state, scene, settings, i).clamp(0, 1).numpy()  # one frame at a time (memory)
