@@ -93,3 +93,15 @@ def edge_aware_grid_smoothness(values: Tensor, guide: Tensor, grid_hw: tuple[int
             w = w * (0.5 * (wv[:, 1:] + wv[:, :-1]) if dv.shape[1] == gw - 1 else 0.5 * (wv[1:] + wv[:-1]))
         total = total + (w * dv.abs()).mean()
     return total
+
+
+# 8-bit frames: within one and a half steps of 0 or 1 (JPEG moves a clipped value by a step), a pixel is taken as
+# clipped by the sensor.
+CLIP_LOW, CLIP_HIGH = 1.5 / 255.0, 1.0 - 1.5 / 255.0
+
+
+def clip_like_sensor(rgb: Tensor, target: Tensor) -> Tensor:
+    """``rgb`` with its values past a clipped ``target`` value (at the ceiling: brighter; at the floor: darker)
+    replaced by the target's, so that they cost nothing and pass no gradient (``--clipped-pixels`` of the fit)."""
+    past = ((target >= CLIP_HIGH) & (rgb > target)) | ((target <= CLIP_LOW) & (rgb < target))
+    return torch.where(past, target, rgb)

@@ -32,9 +32,10 @@ d3net_indoor_train scenes):
 
   then every frame gets Poisson-Gaussian-like noise, std ``--noise-std`` (0.003) x sqrt(0.25 + 1.5 x) at
   value x (0.003 at mid grey), clipping to [0, 1] and 8-bit rounding. The warp is this file's own:
-  ``scipy.ndimage.map_coordinates`` (cubic spline, order 3, mode 'reflect') of the clean frame at
-  x_clean = c + R(-a) (x_photo - c - t) / m, i.e. ``x_photo = c + m R(a) (x_clean - c) + t`` with pixel centres
-  at integer (x, y), x right, y down, c = ((W - 1) / 2, (H - 1) / 2), R(a) = [[cos a, -sin a], [sin a, cos a]].
+  ``scipy.ndimage.map_coordinates`` (cubic spline, order 3, or bilinear with ``--warp-order 1``; mode 'reflect')
+  of the clean frame at x_clean = c + R(-a) (x_photo - c - t) / m, i.e. ``x_photo = c + m R(a) (x_clean - c) + t``
+  with pixel centres at integer (x, y), x right, y down, c = ((W - 1) / 2, (H - 1) / 2), R(a) = [[cos a, -sin a],
+  [sin a, cos a]].
   Known approximation: where a frame shrinks or moves, its border shows the clean frame mirrored (there is no
   scene beyond the RGB-D image), a band of about (1 - m) W / 2 + |t| px on each side (2-3 % of the width at
   gain 1, 6-7 % at gain 3; ``outside_fraction`` in the truth gives the share of such pixels per frame).
@@ -85,7 +86,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import numpy as np
 import tyro
@@ -152,6 +153,9 @@ class BuildConfig:
     """Sensor noise std at mid grey (Poisson-Gaussian-like: std x sqrt(0.25 + 1.5 x))."""
     jpeg_quality: int = 92
     """JPEG quality of the photos."""
+    warp_order: Literal[1, 3] = 3
+    """Interpolation of the re-shoot's warp: 3 = cubic spline, 1 = bilinear (what most image libraries default
+    to, and a stronger interpolation blur)."""
     only: tuple[str, ...] = tuple(convert_rgbd_sets.SOURCES)
     """Which named RGB-D sources to use."""
     d3net_ids: tuple[int, ...] = ()
@@ -216,11 +220,12 @@ def outside_fraction(matrix: np.ndarray, height: int, width: int) -> float:
     return float(np.mean((rows < -0.5) | (rows > height - 0.5) | (cols < -0.5) | (cols > width - 0.5)))
 
 
-def warp_to_photo(img: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """The photo [H, W, C] whose pixel x_photo shows the clean image at M^-1 x_photo (cubic spline, reflect)."""
+def warp_to_photo(img: np.ndarray, matrix: np.ndarray, order: int = 3) -> np.ndarray:
+    """The photo [H, W, C] whose pixel x_photo shows the clean image at M^-1 x_photo (spline of ``order``,
+    reflect)."""
     h, w = img.shape[:2]
     coords = source_coords(matrix, h, w)
-    return np.stack([ndimage.map_coordinates(img[..., ch].astype(np.float64), coords, order=3, mode="reflect")
+    return np.stack([ndimage.map_coordinates(img[..., ch].astype(np.float64), coords, order=order, mode="reflect")
                      for ch in range(img.shape[2])], axis=-1)
 
 
@@ -266,11 +271,11 @@ def draw_frames(cfg: BuildConfig, name: str, focus_m: list[float], focal_length_
     return out
 
 
-def reshoot(clean: np.ndarray, frame: dict, noise_std: float) -> np.ndarray:
+def reshoot(clean: np.ndarray, frame: dict, noise_std: float, warp_order: int = 3) -> np.ndarray:
     """One clean frame [H, W, C] in [0, 1] -> the photo as uint8 [H, W, C]."""
     img = clean.astype(np.float64)
     if frame["index"] > 0:
-        img = warp_to_photo(img, np.asarray(frame["matrix_clean_to_photo"]))
+        img = warp_to_photo(img, np.asarray(frame["matrix_clean_to_photo"]), warp_order)
     img = img * (frame["gain"] * np.asarray(frame["white_balance"]))[None, None, :] + frame["offset"]
     if noise_std > 0:
         rng = np.random.default_rng(frame["noise_seed"])
@@ -299,7 +304,7 @@ def build_one(cfg: BuildConfig, name: str, root: Path, focus_m: list[float]) -> 
     for k, frame in enumerate(frames):
         frame["photo"] = f"photos/{name}/IMG_{k:04d}.jpg"
         frame["clean"] = f"clean/{name}/{scene.frames[k].image}"
-        write_jpeg(root / frame["photo"], reshoot(stack[k], frame, cfg.noise_std), cfg.jpeg_quality)
+        write_jpeg(root / frame["photo"], reshoot(stack[k], frame, cfg.noise_std, cfg.warp_order), cfg.jpeg_quality)
     depth = scene.load_depth_gt().astype(np.float32)
     truth_dir = root / "truth"
     truth_dir.mkdir(exist_ok=True)
@@ -334,7 +339,7 @@ def _settings(cfg: BuildConfig) -> dict:
     return {"width": cfg.width, "frames": cfg.frames, "breathing_gain": cfg.breathing_gain,
             "shake_deg": cfg.shake_deg, "shake_px": cfg.shake_px, "gain_range": list(cfg.gain_range),
             "white_balance": cfg.white_balance, "offset": cfg.offset, "noise_std": cfg.noise_std,
-            "jpeg_quality": cfg.jpeg_quality}
+            "jpeg_quality": cfg.jpeg_quality, "warp_order": cfg.warp_order}
 
 
 def _check_build(cfg: BuildConfig) -> list[str]:
