@@ -59,7 +59,6 @@ from gs_dfd.fit.lens_calibration import LensModel
 from gs_dfd.fit.losses import clip_like_sensor, edge_aware_grid_smoothness, photometric_loss
 from gs_dfd.fit.model import ScreenGaussians, block_mean, grid_gaussians
 from gs_dfd.fit.propagation import propagate_inverse_depth
-from gs_dfd.fit.resampling import reference_box, resample_to_frame
 from gs_dfd.fit.row_adam import adam_step_rows
 from gs_dfd.optics.thin_lens import DISK_SIGMA_PER_COC, LSQ_DISK_SIGMA_PER_COC
 from gs_dfd.render.api import PinholeCamera, render_defocus
@@ -167,12 +166,6 @@ class GaussianFitSettings:
     validation stacks it did not help (docs/real_stacks.md)."""
     lr_frame_blur: float = 0.01
     """(advanced) Adam learning rate of the blur floors (--frame-blur; px of Gaussian sigma per step)."""
-    frame_resampling: Literal["none", "linear", "cubic"] = "none"
-    """How a moved frame's pixels were made from what its camera saw. none: by the camera (a real shot), so the
-    Gaussians are rendered directly in the frame's own pixel grid. linear / cubic: by software that moved frame
-    0's grid to the frame's with bilinear / bicubic interpolation (a stack aligned or re-shot by a program), so the
-    fit renders in frame 0's grid and resamples the same way: that interpolation blur, which varies with the warp's
-    sub-pixel phase, is then in the model and not read as defocus (gs_dfd.fit.resampling)."""
     align_frames: bool = True
     """Learn a per-frame similarity (scale, rotation, translation) of the frames that share frame 0's pose and that
     registration finds displaced by at least the smallest shift (--min-shift-px) somewhere in the image: real
@@ -262,7 +255,6 @@ class FitState:
     init_confidence: np.ndarray | None = None  # [H, W] DFF confidence
     propagation: dict | None = None  # what propagate_depth did, once it ran
     sigma_per_coc: float = DISK_SIGMA_PER_COC  # the blur PSF's Gaussian sigma per CoC diameter
-    frame_resampling: str = "none"  # GaussianFitSettings.frame_resampling
 
 
 # A coarse render's window keeps at least this many pixels a side (the SSIM window is 11 px).
@@ -401,7 +393,7 @@ def build_state(scene: Scene, frames: np.ndarray, settings: GaussianFitSettings,
     optimizer = torch.optim.Adam(groups, eps=1e-15)
     return FitState(model=model, lens=lens, exposure=exposure, warp=warp, frame_blur=frame_blur, optimizer=optimizer,
                     grid_hw=grid_hw, pose_groups=pose_groups, stride=settings.stride, init_confidence=conf,
-                    sigma_per_coc=settings.sigma_per_coc, frame_resampling=settings.frame_resampling)
+                    sigma_per_coc=settings.sigma_per_coc)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -549,31 +541,21 @@ def render_frames(state: FitState, scene: Scene, backend: str, frame_ids: list[i
         if selected is None:
             selected = model.select(active)
         for pose, members, moved in calls:
-            # A frame that software moved is rendered in frame 0's grid and interpolated into its own
-            # (gs_dfd.fit.resampling); a coarse render's block averaging already hides that interpolation.
-            resample = moved is not None and coarse == 1 and state.frame_resampling != "none"
-            box = reference_box(state.warp, moved, window) if resample else window
-            g = model.world(warp=state.warp.frame_params(moved) if moved is not None and not resample else None,
-                            selected=selected)
+            g = model.world(warp=state.warp.frame_params(moved) if moved is not None else None, selected=selected)
             z = (g.means @ torch.tensor(pose[:3, :3], dtype=g.means.dtype).T)[:, 2] + float(pose[2, 3])
             coc = state.lens.coc_px(z.clamp_min(1e-3), members) * coc_scale
             if coc_scale != 0:
                 coc = state.frame_blur(coc, members, state.sigma_per_coc)
             coc = coarse_coc_px(coc, coarse, state.sigma_per_coc)
             out = render_defocus(g.means, g.quats, g.scales, g.opacities, g.colors,
-                                 _camera(scene, pose, box, coarse), [], coc_px_override=coc, backend=backend,
+                                 _camera(scene, pose, window, coarse), [], coc_px_override=coc, backend=backend,
                                  sigma_per_coc=state.sigma_per_coc, eps2d=EPS2D / coarse**2)
             # A focal stack looks at an opaque world: divide by the accumulated alpha so that blur
             # (which lowers each splat's opacity and so the composite's coverage) cannot darken
             # a surface; the expected colour is what a pixel of an opaque scene sees.
             rgb = out.rgb / out.alpha.clamp_min(1e-3)
             for k, i in enumerate(members):
-                part = {"rgb": rgb[k], "alpha": out.alpha[k], "depth": out.depth[k]}
-                if resample:
-                    part = {name: resample_to_frame(v, box, state.warp, moved, window,
-                                                    state.frame_resampling if name == "rgb" else "linear")
-                            for name, v in part.items()}
-                parts[i] = part
+                parts[i] = {"rgb": rgb[k], "alpha": out.alpha[k], "depth": out.depth[k]}
     finally:
         if inv_depth_offset:
             with torch.no_grad():
