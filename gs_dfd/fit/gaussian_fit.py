@@ -154,10 +154,11 @@ class GaussianFitSettings:
     exposure_compensation: bool = True
     """Learn a per-frame gain and offset against frame 0: real stacks change brightness between shots, which the
     fit would otherwise explain with blur."""
-    clipped_pixels: bool = False
+    clipped_pixels: bool = True
     """A pixel recorded at the sensor's ceiling (or floor) only says the light reached at least (at most) that
     much: a render brighter (darker) than it there costs nothing. Without this, a frame shot brighter, whose
-    highlights clip, shows less contrast there than its render, which the fit reads as blur."""
+    highlights clip, shows less contrast there than its render, which the fit reads as blur (and a darker frame,
+    which keeps that contrast, as the one in focus)."""
     lr_exposure: float = 0.01
     """(advanced) Adam learning rate of the per-frame exposure gain and offset."""
     frame_blur: bool = False
@@ -807,7 +808,7 @@ CHECKPOINT_FORMAT = "gs_dfd.fit_checkpoint/2"  # /2: per-frame similarity warps 
 # renderer, which changes speed and float rounding only.
 RESUME_FREE_SETTINGS = frozenset({"iterations", "backend"})
 # What a fit ran with before a setting existed, where that differs from the setting's default now.
-SETTINGS_BEFORE_THEY_EXISTED = {"start_max_px": 0}
+SETTINGS_BEFORE_THEY_EXISTED = {"start_max_px": 0, "clipped_pixels": False}
 
 
 def save_checkpoint(path: Path, state: FitState, settings: GaussianFitSettings) -> None:
